@@ -1,0 +1,495 @@
+"""Settings: one TOML file, validated eagerly into frozen dataclasses.
+
+The file path comes from `--config` or `WXP_CONFIG`; `load_settings` takes the
+environment as a mapping so nothing else in the code reads `os.environ`. Every problem is
+reported as a `ConfigError` that names the offending key (`apps[1].encryption`). Secrets
+are wrapped in `Secret`, which never shows its value in `repr`, `str` or logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from wxplatform.wechat.crypto import CryptoError, aes_key_from_encoding_key
+
+__all__ = [
+    "AppConfig",
+    "CallerConfig",
+    "ConfigError",
+    "CoreConfig",
+    "EdgeConfig",
+    "Grant",
+    "RedisConfig",
+    "ReplyRule",
+    "ReplySpec",
+    "Secret",
+    "Settings",
+    "WeChatConfig",
+    "hash_credential",
+    "load_settings",
+    "parse_settings",
+]
+
+AppKind = Literal["official_account", "mini_program"]
+Encryption = Literal["plaintext", "compatible", "safe"]
+DataFormat = Literal["xml", "json"]
+MatchKind = Literal["exact", "contains", "regex"]
+ReplyType = Literal["text", "image", "voice", "video", "music", "news", "transfer_customer_service"]
+
+_APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOKEN = re.compile(r"[A-Za-z0-9]{3,32}")
+_CALLER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_RPC = re.compile(r"\*|[A-Za-z]+Service/(\*|[A-Za-z0-9]+)")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; `key` is the dotted path of the offending key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config: {key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A configuration value that must never be printed."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+def hash_credential(token: str) -> str:
+    """SHA-256 hex of a caller credential: what `[[callers]] token_sha256` stores."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReplySpec:
+    """A passive reply as configured (mirrors `acme.wxplatform.v1.PassiveReply`)."""
+
+    type: ReplyType
+    content: str = ""
+    media_id: str = ""
+    title: str = ""
+    description: str = ""
+    music_url: str = ""
+    hq_music_url: str = ""
+    thumb_media_id: str = ""
+    articles: tuple[Mapping[str, str], ...] = ()
+    kf_account: str = ""
+
+
+@dataclass(frozen=True)
+class ReplyRule:
+    """Keyword rule: text messages matching `keyword` get `reply`."""
+
+    match: MatchKind
+    keyword: str
+    reply: ReplySpec
+    pattern: re.Pattern[str] | None = field(default=None, compare=False)
+
+    def matches(self, text: str) -> bool:
+        """Whether a text message's content triggers this rule."""
+        if self.match == "exact":
+            return text.strip() == self.keyword
+        if self.match == "contains":
+            return self.keyword in text
+        assert self.pattern is not None
+        return self.pattern.search(text) is not None
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """One WeChat app (official account or mini program)."""
+
+    app_id: str
+    kind: AppKind
+    encryption: Encryption
+    data_format: DataFormat
+    app_secret: Secret
+    token: Secret
+    encoding_aes_key: Secret | None
+    previous_encoding_aes_key: Secret | None
+    rules: tuple[ReplyRule, ...] = ()
+    default_reply: ReplySpec | None = None
+    subscribe_reply: ReplySpec | None = None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Permission for a caller to call some RPCs for some apps.
+
+    `apps` holds app ids or `*`; `rpcs` holds `Service/Method`, `Service/*` or `*`
+    (service names without the package).
+    """
+
+    apps: frozenset[str]
+    rpcs: frozenset[str]
+
+    def allows(self, app_id: str, service: str, method: str) -> bool:
+        """Whether this grant covers `method` of `service` for `app_id`."""
+        app_ok = "*" in self.apps or app_id in self.apps
+        rpc_ok = bool({"*", f"{service}/*", f"{service}/{method}"} & self.rpcs)
+        return app_ok and rpc_ok
+
+
+@dataclass(frozen=True)
+class CallerConfig:
+    """An internal caller of core's gRPC API, known by the hash of its credential."""
+
+    name: str
+    token_sha256: str = field(repr=False)
+    grants: tuple[Grant, ...]
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """`[core]`."""
+
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = "127.0.0.1:9464"
+    drain_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """`[edge]`."""
+
+    listen: str = "127.0.0.1:8080"
+    core_target: str = "127.0.0.1:50051"
+    core_credential: Secret | None = None
+    budget_seconds: float = 4.0
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """`[redis]`; no url means an embedded redis-server (dev only)."""
+
+    url: Secret | None = None
+
+
+@dataclass(frozen=True)
+class WeChatConfig:
+    """`[wechat]`."""
+
+    api_base: str = "https://api.weixin.qq.com"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a wxplatform process is configured with."""
+
+    core: CoreConfig
+    edge: EdgeConfig
+    redis: RedisConfig
+    wechat: WeChatConfig
+    apps: Mapping[str, AppConfig]
+    callers: tuple[CallerConfig, ...]
+    log_level: str = "INFO"
+    source: str = "<memory>"
+
+
+def load_settings(path: str | Path | None, environ: Mapping[str, str]) -> Settings:
+    """Read and validate the config file named by `path` or `WXP_CONFIG`."""
+    chosen = path or environ.get("WXP_CONFIG")
+    if not chosen:
+        raise ConfigError("--config", "no config file given (use --config or WXP_CONFIG)")
+    file = Path(chosen)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {file}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", f"{file} is not valid TOML: {exc}") from exc
+    return parse_settings(data, source=str(file))
+
+
+T = TypeVar("T")
+
+
+class _Table:
+    """Typed, path-aware access to one TOML table; rejects keys nobody read."""
+
+    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            if required or default is None:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(self.key(name), f"must be a {kind.__name__}")
+        return value
+
+    def optional_str(self, name: str) -> str | None:
+        self.seen.add(name)
+        if name not in self.data:
+            return None
+        return self.get(name, str)
+
+    def choice(self, name: str, options: tuple[str, ...], default: str | None = None) -> str:
+        value = self.get(name, str, default)
+        if value not in options:
+            raise ConfigError(self.key(name), f"must be one of {', '.join(options)}")
+        return value
+
+    def table(self, name: str) -> _Table:
+        self.seen.add(name)
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(self.key(name), "must be a table")
+        return _Table(value, self.key(name))
+
+    def tables(self, name: str) -> list[_Table]:
+        self.seen.add(name)
+        value = self.data.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(self.key(name), "must be an array of tables")
+        return [_Table(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        self.seen.add(name)
+        value = self.data.get(name)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(self.key(name), "must be a non-empty array of strings")
+        return tuple(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "unknown key")
+
+
+def _address(table: _Table, name: str, default: str) -> str:
+    value = table.get(name, str, default)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(table.key(name), "must be host:port")
+    return value
+
+
+def _positive(table: _Table, name: str, default: float) -> float:
+    value = table.get(name, float, default)
+    if value <= 0:
+        raise ConfigError(table.key(name), "must be positive")
+    return value
+
+
+def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Settings:
+    """Validate a parsed TOML document into `Settings`."""
+    root = _Table(data, "")
+    log_level = root.choice("log_level", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
+
+    t = root.table("core")
+    core = CoreConfig(
+        listen=_address(t, "listen", CoreConfig.listen),
+        metrics_listen=_address(t, "metrics_listen", CoreConfig.metrics_listen),
+        drain_seconds=_positive(t, "drain_seconds", CoreConfig.drain_seconds),
+    )
+    t.done()
+
+    t = root.table("edge")
+    credential = t.optional_str("core_credential")
+    budget = _positive(t, "budget_seconds", EdgeConfig.budget_seconds)
+    if budget >= 5:
+        raise ConfigError(t.key("budget_seconds"), "must be below WeChat's 5 s deadline")
+    max_body = t.get("max_body_bytes", int, EdgeConfig.max_body_bytes)
+    if not 1024 <= max_body <= 16 * 1024 * 1024:
+        raise ConfigError(t.key("max_body_bytes"), "must be between 1024 and 16777216")
+    edge = EdgeConfig(
+        listen=_address(t, "listen", EdgeConfig.listen),
+        core_target=_address(t, "core_target", EdgeConfig.core_target),
+        core_credential=Secret(credential) if credential else None,
+        budget_seconds=budget,
+        max_body_bytes=max_body,
+    )
+    t.done()
+
+    t = root.table("redis")
+    url = t.optional_str("url")
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(t.key("url"), "must be a redis://, rediss:// or unix:// URL")
+    redis = RedisConfig(url=Secret(url) if url else None)
+    t.done()
+
+    t = root.table("wechat")
+    api_base = t.get("api_base", str, WeChatConfig.api_base).rstrip("/")
+    if not api_base.startswith(("http://", "https://")):
+        raise ConfigError(t.key("api_base"), "must be an http(s) URL")
+    wechat = WeChatConfig(api_base=api_base)
+    t.done()
+
+    apps: dict[str, AppConfig] = {}
+    for table in root.tables("apps"):
+        app = _parse_app(table)
+        if app.app_id in apps:
+            raise ConfigError(table.key("app_id"), f"duplicate app {app.app_id!r}")
+        apps[app.app_id] = app
+
+    callers: list[CallerConfig] = []
+    for table in root.tables("callers"):
+        caller = _parse_caller(table, apps)
+        if any(c.name == caller.name for c in callers):
+            raise ConfigError(table.key("name"), f"duplicate caller {caller.name!r}")
+        if any(c.token_sha256 == caller.token_sha256 for c in callers):
+            raise ConfigError(table.key("token_sha256"), "two callers share one credential")
+        callers.append(caller)
+    root.done()
+    return Settings(
+        core=core,
+        edge=edge,
+        redis=redis,
+        wechat=wechat,
+        apps=apps,
+        callers=tuple(callers),
+        log_level=log_level,
+        source=source,
+    )
+
+
+def _parse_app(t: _Table) -> AppConfig:
+    app_id = t.get("app_id", str, required=True)
+    if not _APP_ID.fullmatch(app_id):
+        raise ConfigError(t.key("app_id"), "must be 1-64 characters of [A-Za-z0-9_-]")
+    kind = t.choice("kind", ("official_account", "mini_program"))
+    encryption = t.choice("encryption", ("plaintext", "compatible", "safe"), "plaintext")
+    data_format = t.choice("data_format", ("xml", "json"), "xml")
+    secret = t.get("app_secret", str, required=True)
+    if not secret:
+        raise ConfigError(t.key("app_secret"), "must not be empty")
+    token = t.get("token", str, required=True)
+    if not _TOKEN.fullmatch(token):
+        raise ConfigError(t.key("token"), "must be 3-32 characters of [A-Za-z0-9]")
+    keys: dict[str, Secret | None] = {}
+    for name in ("encoding_aes_key", "previous_encoding_aes_key"):
+        value = t.optional_str(name)
+        if value is not None:
+            try:
+                aes_key_from_encoding_key(value)
+            except CryptoError as exc:
+                raise ConfigError(t.key(name), exc.detail) from None
+        keys[name] = Secret(value) if value else None
+    if encryption != "plaintext" and keys["encoding_aes_key"] is None:
+        raise ConfigError(t.key("encoding_aes_key"), f"is required for {encryption} mode")
+    rules = tuple(_parse_rule(r) for r in t.tables("auto_reply"))
+    default = _parse_reply(t.table("default_reply")) if "default_reply" in t.data else None
+    welcome = _parse_reply(t.table("subscribe_reply")) if "subscribe_reply" in t.data else None
+    t.seen.update({"default_reply", "subscribe_reply"})
+    if kind == "mini_program" and (rules or default or welcome):
+        # Mini programs have no passive replies (PROTOCOL.md §4.1): reply via customer service.
+        raise ConfigError(t.key("auto_reply"), "mini programs have no passive replies")
+    t.done()
+    return AppConfig(
+        app_id=app_id,
+        kind=kind,  # type: ignore[arg-type]
+        encryption=encryption,  # type: ignore[arg-type]
+        data_format=data_format,  # type: ignore[arg-type]
+        app_secret=Secret(secret),
+        token=Secret(token),
+        encoding_aes_key=keys["encoding_aes_key"],
+        previous_encoding_aes_key=keys["previous_encoding_aes_key"],
+        rules=rules,
+        default_reply=default,
+        subscribe_reply=welcome,
+    )
+
+
+def _parse_rule(t: _Table) -> ReplyRule:
+    match = t.choice("match", ("exact", "contains", "regex"), "exact")
+    keyword = t.get("keyword", str, required=True)
+    if not keyword:
+        raise ConfigError(t.key("keyword"), "must not be empty")
+    pattern = None
+    if match == "regex":
+        try:
+            pattern = re.compile(keyword)
+        except re.error as exc:
+            raise ConfigError(t.key("keyword"), f"invalid regex: {exc}") from None
+    reply = _parse_reply(t.table("reply"))
+    t.done()
+    return ReplyRule(match=match, keyword=keyword, reply=reply, pattern=pattern)  # type: ignore[arg-type]
+
+
+_REPLY_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # type: (required fields, optional fields)
+    "text": (("content",), ()),
+    "image": (("media_id",), ()),
+    "voice": (("media_id",), ()),
+    "video": (("media_id",), ("title", "description")),
+    "music": (("thumb_media_id",), ("title", "description", "music_url", "hq_music_url")),
+    "news": ((), ()),
+    "transfer_customer_service": ((), ("kf_account",)),
+}
+
+
+def _parse_reply(t: _Table) -> ReplySpec:
+    kind = t.choice("type", tuple(_REPLY_FIELDS))
+    required, optional = _REPLY_FIELDS[kind]
+    values: dict[str, Any] = {}
+    for name in required:
+        values[name] = t.get(name, str, required=True)
+        if not values[name]:
+            raise ConfigError(t.key(name), "must not be empty")
+    for name in optional:
+        values[name] = t.get(name, str, "")
+    if kind == "news":
+        articles = []
+        for a in t.tables("articles"):
+            articles.append({n: a.get(n, str, "") for n in ("title", "description", "pic_url", "url")})
+            a.done()
+        if len(articles) != 1:
+            # WeChat rejects more than one article in practice (45008, PROTOCOL.md §4.1).
+            raise ConfigError(t.key("articles"), "must hold exactly one article")
+        values["articles"] = tuple(articles)
+    t.done()
+    return ReplySpec(type=kind, **values)  # type: ignore[arg-type]
+
+
+def _parse_caller(t: _Table, apps: Mapping[str, AppConfig]) -> CallerConfig:
+    name = t.get("name", str, required=True)
+    if not _CALLER.fullmatch(name):
+        raise ConfigError(t.key("name"), "must be 1-64 characters of [a-z0-9_.-]")
+    digest = t.get("token_sha256", str, required=True).lower()
+    if not _SHA256.fullmatch(digest):
+        raise ConfigError(t.key("token_sha256"), "must be 64 hex characters (sha256 of the token)")
+    grants = []
+    for g in t.tables("allow"):
+        app_ids = g.strings("apps")
+        for i, app_id in enumerate(app_ids):
+            if app_id != "*" and app_id not in apps:
+                raise ConfigError(f"{g.key('apps')}[{i}]", f"unknown app {app_id!r}")
+        rpcs = g.strings("rpcs")
+        for i, rpc in enumerate(rpcs):
+            if not _RPC.fullmatch(rpc):
+                raise ConfigError(f"{g.key('rpcs')}[{i}]", "must be *, Service/* or Service/Method")
+        g.done()
+        grants.append(Grant(apps=frozenset(app_ids), rpcs=frozenset(rpcs)))
+    t.done()
+    return CallerConfig(name=name, token_sha256=digest, grants=tuple(grants))
