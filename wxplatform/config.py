@@ -23,6 +23,7 @@ __all__ = [
     "CallerConfig",
     "ConfigError",
     "CoreConfig",
+    "DevConfig",
     "EdgeConfig",
     "Grant",
     "RedisConfig",
@@ -193,6 +194,14 @@ class WeChatConfig:
 
 
 @dataclass(frozen=True)
+class DevConfig:
+    """`[dev]`: used only by `wxplatform dev` and `wxplatform sim`."""
+
+    sim_listen: str = "127.0.0.1:8081"
+    demo_credential: Secret | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a wxplatform process is configured with."""
 
@@ -202,6 +211,7 @@ class Settings:
     wechat: WeChatConfig
     apps: Mapping[str, AppConfig]
     callers: tuple[CallerConfig, ...]
+    dev: DevConfig = field(default_factory=DevConfig)
     log_level: str = "INFO"
     source: str = "<memory>"
 
@@ -346,6 +356,14 @@ def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Sett
     wechat = WeChatConfig(api_base=api_base)
     t.done()
 
+    t = root.table("dev")
+    demo = t.optional_str("demo_credential")
+    dev = DevConfig(
+        sim_listen=_address(t, "sim_listen", DevConfig.sim_listen),
+        demo_credential=Secret(demo) if demo else None,
+    )
+    t.done()
+
     apps: dict[str, AppConfig] = {}
     for table in root.tables("apps"):
         app = _parse_app(table)
@@ -369,6 +387,7 @@ def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Sett
         wechat=wechat,
         apps=apps,
         callers=tuple(callers),
+        dev=dev,
         log_level=log_level,
         source=source,
     )

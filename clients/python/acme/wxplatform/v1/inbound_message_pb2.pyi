@@ -203,8 +203,8 @@ class InboundMessage(_message.Message):
     @_builtins.property
     def raw(self) -> _struct_pb2.Struct:
         """Every field of the push as received: XML elements or JSON keys, nested
-        elements as structs, repeated elements as lists, all leaf values as strings
-        (JSON numbers are kept as numbers).
+        elements as structs, repeated elements as lists, every leaf value as a
+        string (JSON numbers in their exact decimal form, so 64-bit ids survive).
         """
 
     @_builtins.property

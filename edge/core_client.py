@@ -1,0 +1,54 @@
+"""The edge's gRPC client for core: generated stub, credential, request id, deadline."""
+
+from __future__ import annotations
+
+import grpc
+
+from acme.wxplatform.v1 import inbound_message_pb2, ingress_service_pb2, ingress_service_pb2_grpc
+from edge import metrics
+from edge.errors import CoreUnavailable
+from wxplatform.config import Secret
+from wxplatform.logs import REQUEST_ID_METADATA
+
+__all__ = ["CoreClient"]
+
+
+class CoreClient:
+    """One channel to core for the whole edge process."""
+
+    def __init__(self, target: str, credential: Secret | None) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                # Fail fast while core is down rather than queueing pushes behind a reconnect.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2_000),
+            ],
+        )
+        self._stub = ingress_service_pb2_grpc.IngressServiceStub(self._channel)
+        self._auth = (("authorization", f"Bearer {credential.reveal()}"),) if credential else ()
+
+    async def deliver(
+        self, message: inbound_message_pb2.InboundMessage, *, timeout: float, request_id: str
+    ) -> ingress_service_pb2.DeliverMessageResponse:
+        """Deliver one message; any failure becomes `CoreUnavailable` (WeChat will retry)."""
+        if timeout <= 0:
+            metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
+            raise CoreUnavailable("core_deadline", "no time left in the budget")
+        try:
+            response: ingress_service_pb2.DeliverMessageResponse = await self._stub.DeliverMessage(
+                ingress_service_pb2.DeliverMessageRequest(app_id=message.app_id, message=message),
+                timeout=timeout,
+                metadata=((REQUEST_ID_METADATA, request_id), *self._auth),
+            )
+        except grpc.aio.AioRpcError as exc:
+            metrics.CORE_CALLS.labels(exc.code().name).inc()
+            raise CoreUnavailable(f"core_{exc.code().name.lower()}", exc.details() or "") from None
+        metrics.CORE_CALLS.labels("OK").inc()
+        return response
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()

@@ -1,0 +1,72 @@
+"""What the edge refuses, and the one table turning that into HTTP answers.
+
+    EdgeRejection
+    ├── UnknownApp           404  the URL names no configured app
+    ├── BadParameters        400  missing or repeated query parameters
+    ├── SignatureMismatch    403  signature or msg_signature does not verify
+    ├── BadPayload           400  unsafe or malformed body, undecryptable ciphertext
+    ├── PayloadTooLarge      413  body over the configured cap
+    └── CoreUnavailable      503  core could not answer in time (WeChat retries)
+
+Every rejection has a short `reason` label for the metric and the log line; the HTTP
+body never says more than the status text, and never carries a stack trace.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadParameters",
+    "BadPayload",
+    "CoreUnavailable",
+    "EdgeRejection",
+    "PayloadTooLarge",
+    "SignatureMismatch",
+    "UnknownApp",
+]
+
+
+class EdgeRejection(Exception):
+    """A push or verification the edge refuses; `status` is the HTTP answer."""
+
+    status = 400
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class UnknownApp(EdgeRejection):
+    """No app with this id is configured."""
+
+    status = 404
+
+
+class BadParameters(EdgeRejection):
+    """Query parameters are missing or repeated."""
+
+    status = 400
+
+
+class SignatureMismatch(EdgeRejection):
+    """The signature does not verify."""
+
+    status = 403
+
+
+class BadPayload(EdgeRejection):
+    """The body is unsafe, malformed or cannot be decrypted."""
+
+    status = 400
+
+
+class PayloadTooLarge(EdgeRejection):
+    """The body is over the cap."""
+
+    status = 413
+
+
+class CoreUnavailable(EdgeRejection):
+    """Core did not answer in time or is unreachable."""
+
+    status = 503

@@ -1,0 +1,296 @@
+"""HTTP handlers: WeChat callbacks, health and metrics. One `write_error` for all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from acme.wxplatform.v1 import inbound_message_pb2 as inbound
+from edge import metrics
+from edge.core_client import CoreClient
+from edge.errors import (
+    BadParameters,
+    BadPayload,
+    EdgeRejection,
+    SignatureMismatch,
+    UnknownApp,
+)
+from edge.normalize import normalize
+from edge.replies import reply_fields
+from wxplatform.clock import Clock
+from wxplatform.config import AppConfig
+from wxplatform.logs import REQUEST_ID_HEADER, new_request_id, request_id
+from wxplatform.wechat.crypto import CryptoError, MessageCrypto
+from wxplatform.wechat.payload import MalformedPayload, Payload, parse_json, parse_xml, render_xml
+from wxplatform.wechat.signature import sign, signature_matches
+
+__all__ = ["CallbackHandler", "EdgeHandler", "HealthHandler", "InFlight", "MetricsHandler"]
+
+log = logging.getLogger("wxplatform.edge")
+
+NO_REPLY = b"success"  # stops WeChat's retries and shows the user nothing (PROTOCOL.md §4.2)
+
+
+class InFlight:
+    """Counts callbacks being processed, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        """A callback started."""
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        """A callback finished."""
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no callback is in flight; False if `timeout` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class EdgeHandler(tornado.web.RequestHandler):
+    """Base: request id, access log line, and the one `write_error`."""
+
+    def prepare(self) -> None:
+        self.started = time.perf_counter()
+        self.request_id = new_request_id()
+        request_id.set(self.request_id)
+        self.set_header(REQUEST_ID_HEADER, self.request_id)
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every failure answers with a short text body: no detail, no stack trace."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, EdgeRejection):
+            metrics.REJECTED.labels(exc.reason).inc()
+            log.warning("rejected", extra={"reason": exc.reason, "detail": exc.detail, "status": status_code})
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{status_code} {self._reason}\n")
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, EdgeRejection):
+            return  # logged once, without a stack, by write_error
+        if isinstance(value, tornado.web.HTTPError):
+            log.warning("http error", extra={"status": value.status_code})
+            return
+        log.error("unhandled error", exc_info=(typ, value, tb))
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, EdgeRejection):
+            status_code = exc.status
+        super().send_error(status_code, **kwargs)
+
+    def on_finish(self) -> None:
+        log.info(
+            "http",
+            extra={
+                "method": self.request.method,
+                "path": self.request.path,
+                "status": self.get_status(),
+                "ms": round((time.perf_counter() - self.started) * 1000, 2),
+            },
+        )
+
+
+class CallbackHandler(EdgeHandler):
+    """`GET /wx/{app_id}` (URL verification) and `POST /wx/{app_id}` (pushes)."""
+
+    def initialize(
+        self,
+        apps: Mapping[str, AppConfig],
+        cryptos: Mapping[str, MessageCrypto],
+        core: CoreClient,
+        clock: Clock,
+        budget_seconds: float,
+        in_flight: InFlight,
+    ) -> None:
+        self.in_flight = in_flight
+        self._counted = False
+        self.apps = apps
+        self.cryptos = cryptos
+        self.core = core
+        self.clock = clock
+        self.budget_seconds = budget_seconds
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.in_flight.enter()
+        self._counted = True
+
+    def _leave(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.in_flight.leave()
+
+    def on_connection_close(self) -> None:
+        self._leave()
+
+    def on_finish(self) -> None:
+        self._leave()
+        app_id = self.path_kwargs.get("app_id", "")
+        label = app_id if app_id in self.apps else "unknown"
+        metrics.CALLBACKS.labels(label, self.request.method, str(self.get_status())).inc()
+        metrics.CALLBACK_DURATION.labels(self.request.method).observe(time.perf_counter() - self.started)
+        super().on_finish()
+
+    def _app(self, app_id: str) -> AppConfig:
+        app = self.apps.get(app_id)
+        if app is None:
+            raise UnknownApp("unknown_app")
+        return app
+
+    def _params(self, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, str]:
+        """Query parameters, each present at most once (required ones exactly once)."""
+        out: dict[str, str] = {}
+        for name in (*required, *optional):
+            values = self.request.query_arguments.get(name, [])
+            if len(values) > 1:
+                raise BadParameters("duplicate_param", name)
+            if not values:
+                if name in required:
+                    raise BadParameters("missing_param", name)
+                continue
+            try:
+                out[name] = values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadParameters("bad_param", name) from None
+        return out
+
+    def _verify(self, app: AppConfig, params: Mapping[str, str], *extra: str) -> None:
+        expected = sign(app.token.reveal(), params["timestamp"], params["nonce"], *extra)
+        provided = params["msg_signature"] if extra else params["signature"]
+        if not signature_matches(expected, provided):
+            raise SignatureMismatch("bad_msg_signature" if extra else "bad_signature")
+
+    async def get(self, app_id: str) -> None:
+        app = self._app(app_id)
+        params = self._params(("signature", "timestamp", "nonce", "echostr"))
+        # The handshake is always plaintext-signed, whatever the app's encryption mode.
+        self._verify(app, params)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(params["echostr"])
+
+    async def post(self, app_id: str) -> None:
+        deadline = self.started + self.budget_seconds
+        app = self._app(app_id)
+        params = self._params(
+            ("signature", "timestamp", "nonce"), ("encrypt_type", "msg_signature", "openid")
+        )
+        encrypted = params.get("encrypt_type", "raw") == "aes"
+        fields, key_index = self._open(app, params, encrypted)
+        transport = inbound.InboundTransport(
+            encryption=(
+                inbound.ENCRYPTION_MODE_PLAINTEXT
+                if not encrypted
+                else inbound.ENCRYPTION_MODE_SAFE
+                if app.encryption == "safe"
+                else inbound.ENCRYPTION_MODE_COMPATIBLE
+            ),
+            format=inbound.DATA_FORMAT_JSON if app.data_format == "json" else inbound.DATA_FORMAT_XML,
+        )
+        try:
+            message = normalize(app.app_id, fields, transport, self.clock.now())
+        except MalformedPayload as exc:
+            raise BadPayload(f"payload_{exc.kind}", exc.detail) from None
+        response = await self.core.deliver(
+            message, timeout=deadline - time.perf_counter(), request_id=self.request_id
+        )
+        self._answer(app, params, message, response.reply, key_index if encrypted else None)
+
+    def _parse(self, app: AppConfig, body: bytes) -> Payload:
+        try:
+            return parse_json(body) if app.data_format == "json" else parse_xml(body)
+        except MalformedPayload as exc:
+            raise BadPayload(f"payload_{exc.kind}", exc.detail) from None
+
+    def _open(self, app: AppConfig, params: dict[str, str], encrypted: bool) -> tuple[Payload, int]:
+        """Verify and parse the body; decrypt it in safe and compatible mode."""
+        if not encrypted:
+            if app.encryption == "safe":
+                # A plaintext signature does not cover the body: accepting one on a safe
+                # app would let anyone replay a captured URL with a body of their own.
+                raise SignatureMismatch("plaintext_on_safe_app")
+            self._verify(app, params)
+            return self._parse(app, self.request.body), 0
+        crypto = self.cryptos.get(app.app_id)
+        if crypto is None or "msg_signature" not in params:
+            raise BadParameters("unexpected_encryption" if crypto is None else "missing_param")
+        envelope = self._parse(app, self.request.body)
+        ciphertext = envelope.get("Encrypt")
+        if not isinstance(ciphertext, str) or not ciphertext:
+            raise BadPayload("payload_no_encrypt")
+        # msg_signature covers the ciphertext; the URL `signature` does not cover the body.
+        self._verify(app, params, ciphertext)
+        try:
+            plaintext, key_index = crypto.decrypt(ciphertext)
+        except CryptoError as exc:
+            raise BadPayload(f"decrypt_{exc.code}", exc.detail) from None
+        return self._parse(app, plaintext.encode()), key_index
+
+    def _answer(
+        self,
+        app: AppConfig,
+        params: Mapping[str, str],
+        message: inbound.InboundMessage,
+        reply: Any,
+        key_index: int | None,
+    ) -> None:
+        now = int(self.clock.now())
+        fields = reply_fields(reply, message, now) if app.data_format == "xml" else None
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        if fields is None:
+            self.finish(NO_REPLY)
+            return
+        body = render_xml(fields)
+        if key_index is not None:
+            crypto = self.cryptos[app.app_id]
+            encrypt = crypto.encrypt(body.decode(), key_index=key_index)
+            nonce = params["nonce"]  # WeChat asks to echo the request's nonce
+            body = render_xml(
+                {
+                    "Encrypt": encrypt,
+                    "MsgSignature": sign(app.token.reveal(), str(now), nonce, encrypt),
+                    "TimeStamp": now,
+                    "Nonce": nonce,
+                }
+            )
+        self.set_header("Content-Type", "application/xml; charset=utf-8")
+        self.finish(body)
+
+
+class HealthHandler(EdgeHandler):
+    """`GET /healthz`: the edge process is up."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": "ok"}))
+
+
+class MetricsHandler(EdgeHandler):
+    """`GET /metrics`: Prometheus exposition."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest())
+
+    def on_finish(self) -> None:
+        pass  # scrapes would drown the access log

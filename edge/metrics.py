@@ -1,0 +1,22 @@
+"""The edge's Prometheus metrics (served on `/metrics`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+__all__ = ["CALLBACKS", "CALLBACK_DURATION", "CORE_CALLS", "REJECTED"]
+
+CALLBACKS = Counter(
+    "wxp_edge_callbacks_total", "WeChat callbacks answered, by app, method and HTTP status.",
+    ["app_id", "method", "status"],
+)  # fmt: skip
+CALLBACK_DURATION = Histogram(
+    "wxp_edge_callback_duration_seconds",
+    "Time from request to response for WeChat callbacks.",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 5),
+)
+REJECTED = Counter(
+    "wxp_edge_rejected_total", "Callbacks refused, by reason (signature, payload, …).", ["reason"]
+)
+CORE_CALLS = Counter("wxp_edge_core_calls_total", "Calls to core, by outcome (gRPC code).", ["code"])

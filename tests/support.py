@@ -1,0 +1,165 @@
+"""Test helpers: settings for throwaway apps and callers, and running core/edge on port 0.
+
+Every test gets apps with unique ids, so tests never share Redis keys and the suite can
+run against a shared Redis (`WXP_TEST_REDIS_URL`) without flushing it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import grpc
+import redis.asyncio as redis
+
+from edge.app import EdgeServer, start_edge
+from wxplatform.config import EdgeConfig, Secret, Settings, hash_credential, parse_settings
+from wxplatform.core.server import CoreServer, create_server
+
+EDGE_CREDENTIAL = "edge-credential-" + secrets.token_hex(8)
+TEAM_CREDENTIAL = "team-credential-" + secrets.token_hex(8)
+OTHER_CREDENTIAL = "other-credential-" + secrets.token_hex(8)
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # wechatpy's test key (vectors.json)
+
+
+def new_app_id(prefix: str = "wxt") -> str:
+    """A unique app id for one test."""
+    return f"{prefix}{secrets.token_hex(7)}"
+
+
+def app_table(app_id: str, **overrides: Any) -> dict[str, Any]:
+    """A valid `[[apps]]` table for an official account, with overrides."""
+    table: dict[str, Any] = {
+        "app_id": app_id,
+        "kind": "official_account",
+        "encryption": "plaintext",
+        "app_secret": "secret-" + secrets.token_hex(8),
+        "token": "tok" + secrets.token_hex(8),
+        "auto_reply": [
+            {"match": "exact", "keyword": "hello", "reply": {"type": "text", "content": "hi there"}},
+        ],
+        "default_reply": {"type": "text", "content": "default answer"},
+    }
+    if overrides.get("encryption", "plaintext") != "plaintext":
+        table["encoding_aes_key"] = AES_KEY
+    table.update(overrides)
+    return {k: v for k, v in table.items() if v is not None}
+
+
+def make_settings(*apps: dict[str, Any], team_apps: list[str] | None = None, **top: Any) -> Settings:
+    """Settings with the given app tables and three callers.
+
+    `edge` may call only Ingress; `team` may call everything for `team_apps` (default:
+    all apps); `other` may call everything, but only for an app that does not exist.
+    """
+    app_ids = [a["app_id"] for a in apps]
+    data: dict[str, Any] = {
+        "apps": list(apps),
+        "callers": [
+            {
+                "name": "edge",
+                "token_sha256": hash_credential(EDGE_CREDENTIAL),
+                "allow": [{"apps": ["*"], "rpcs": ["IngressService/DeliverMessage"]}],
+            },
+            {
+                "name": "team",
+                "token_sha256": hash_credential(TEAM_CREDENTIAL),
+                "allow": [{"apps": team_apps or app_ids or ["*"], "rpcs": ["*"]}],
+            },
+            {
+                "name": "other",
+                "token_sha256": hash_credential(OTHER_CREDENTIAL),
+                "allow": [{"apps": app_ids[:0] or ["*"], "rpcs": ["TokenService/*"]}],
+            },
+        ],
+        **top,
+    }
+    return parse_settings(data)
+
+
+def bearer(credential: str) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying a caller credential."""
+    return (("authorization", f"Bearer {credential}"),)
+
+
+@dataclass
+class Stack:
+    """core (+ optionally edge) running on port 0 for one test."""
+
+    settings: Settings
+    core: CoreServer
+    channel: grpc.aio.Channel
+    edge: EdgeServer | None = None
+
+    @property
+    def edge_url(self) -> str:
+        assert self.edge is not None
+        return f"http://127.0.0.1:{self.edge.port}"
+
+
+@asynccontextmanager
+async def running_stack(
+    settings: Settings, client: redis.Redis, *, with_edge: bool = False, **edge_overrides: Any
+) -> AsyncIterator[Stack]:
+    """Start core on port 0 (and the edge pointed at it), stop both afterwards."""
+    core = await create_server(settings, client, listen="127.0.0.1:0", serve_metrics=False)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{core.port}")
+    edge = None
+    try:
+        if with_edge:
+            edge_settings = replace(
+                settings,
+                edge=replace(
+                    settings.edge,
+                    core_target=f"127.0.0.1:{core.port}",
+                    core_credential=Secret(EDGE_CREDENTIAL),
+                    **edge_overrides,
+                ),
+            )
+            edge = await start_edge(edge_settings, listen="127.0.0.1:0")
+        yield Stack(settings, core, channel, edge)
+    finally:
+        if edge is not None:
+            await edge.stop(grace_seconds=1)
+        await channel.close()
+        await core.stop()
+
+
+def only(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """The subset of `mapping` with `keys`."""
+    return {k: mapping[k] for k in keys if k in mapping}
+
+
+__all__ = [
+    "AES_KEY",
+    "EDGE_CREDENTIAL",
+    "OTHER_CREDENTIAL",
+    "TEAM_CREDENTIAL",
+    "EdgeConfig",
+    "Stack",
+    "app_table",
+    "bearer",
+    "error_info",
+    "make_settings",
+    "new_app_id",
+    "only",
+    "running_stack",
+]
+
+
+def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The `google.rpc.ErrorInfo` (reason, metadata) carried by a failed call."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    assert info.domain == "wxplatform"
+                    return info.reason, dict(info.metadata)
+    raise AssertionError("no ErrorInfo in the status details")

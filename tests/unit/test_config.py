@@ -1,0 +1,133 @@
+"""Config validation names the offending key and never shows a secret."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import AES_KEY, app_table, make_settings
+from wxplatform.config import ConfigError, Secret, hash_credential, load_settings, parse_settings
+from wxplatform.devconfig import render_dev_config
+
+
+def base() -> dict[str, Any]:
+    return {
+        "apps": [app_table("wxapp1")],
+        "callers": [
+            {
+                "name": "svc",
+                "token_sha256": hash_credential("t"),
+                "allow": [{"apps": ["wxapp1"], "rpcs": ["TokenService/*"]}],
+            }
+        ],
+    }
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    """A copy of `base()` with one key set (dotted path, list indexes as numbers)."""
+    data = copy.deepcopy(base())
+    node: Any = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[parts[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        ("core.listen", "nope", "core.listen"),
+        ("core.drain_seconds", -1, "core.drain_seconds"),
+        ("edge.budget_seconds", 5, "edge.budget_seconds"),
+        ("edge.max_body_bytes", 10, "edge.max_body_bytes"),
+        ("redis.url", "http://x", "redis.url"),
+        ("wechat.api_base", "ftp://x", "wechat.api_base"),
+        ("apps.0.kind", "game", "apps[0].kind"),
+        ("apps.0.encryption", "rot13", "apps[0].encryption"),
+        ("apps.0.app_id", "bad id!", "apps[0].app_id"),
+        ("apps.0.token", "x", "apps[0].token"),
+        ("apps.0.encoding_aes_key", "short", "apps[0].encoding_aes_key"),
+        ("apps.0.app_secret", 42, "apps[0].app_secret"),
+        ("apps.0.typo", 1, "apps[0].typo"),
+        ("callers.0.token_sha256", "abc", "callers[0].token_sha256"),
+        ("callers.0.allow", [{"apps": ["nope"], "rpcs": ["*"]}], "callers[0].allow[0].apps[0]"),
+        ("callers.0.allow", [{"apps": ["*"], "rpcs": ["Token"]}], "callers[0].allow[0].rpcs[0]"),
+        ("log_level", "LOUD", "log_level"),
+    ],
+)
+def test_invalid_values_name_the_key(path: str, value: Any, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(with_change(path, value))
+    assert caught.value.key == key
+    assert key in str(caught.value)
+
+
+def test_safe_mode_requires_an_aes_key() -> None:
+    data = base()
+    data["apps"][0]["encryption"] = "safe"
+    data["apps"][0].pop("encoding_aes_key", None)
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.encoding_aes_key: is required for safe mode"):
+        parse_settings(data)
+
+
+def test_mini_programs_take_no_passive_reply_rules() -> None:
+    data = with_change("apps.0.kind", "mini_program")
+    with pytest.raises(ConfigError, match="no passive replies"):
+        parse_settings(data)
+
+
+def test_duplicate_apps_are_rejected() -> None:
+    data = base()
+    data["apps"].append(app_table("wxapp1"))
+    with pytest.raises(ConfigError, match=r"apps\[1\]\.app_id: duplicate"):
+        parse_settings(data)
+
+
+def test_defaults() -> None:
+    settings = parse_settings(base())
+    assert settings.core.listen == "127.0.0.1:50051"
+    assert settings.edge.listen == "127.0.0.1:8080"
+    assert settings.edge.core_target == "127.0.0.1:50051"
+    assert settings.wechat.api_base == "https://api.weixin.qq.com"
+    assert settings.redis.url is None
+    assert settings.apps["wxapp1"].encryption == "plaintext"
+
+
+def test_secrets_never_appear_in_repr_or_str() -> None:
+    data = with_change("apps.0.encryption", "safe")
+    data["apps"][0]["encoding_aes_key"] = AES_KEY
+    data["redis"] = {"url": "redis://:hunter2@localhost:6379/0"}
+    data["edge"] = {"core_credential": "edge-secret-value"}
+    settings = parse_settings(data)
+    app = settings.apps["wxapp1"]
+    shown = repr(settings) + str(settings) + f"{app}"
+    for secret in (app.app_secret.reveal(), app.token.reveal(), AES_KEY, "hunter2", "edge-secret-value"):
+        assert secret not in shown
+    assert str(Secret("x")) == "Secret('********')"
+
+
+def test_load_settings_reads_file_or_environment(tmp_path: Path) -> None:
+    path = tmp_path / "wx.toml"
+    path.write_text(render_dev_config(), encoding="utf-8")
+    assert len(load_settings(path, {}).apps) == 3
+    assert len(load_settings(None, {"WXP_CONFIG": str(path)}).apps) == 3
+    with pytest.raises(ConfigError, match="no config file"):
+        load_settings(None, {})
+    (tmp_path / "bad.toml").write_text("[core\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(tmp_path / "bad.toml", {})
+
+
+def test_grants_match_app_and_rpc() -> None:
+    settings = make_settings(app_table("wxa"), app_table("wxb"), team_apps=["wxa"])
+    team = next(c for c in settings.callers if c.name == "team")
+    (grant,) = team.grants
+    assert grant.allows("wxa", "TokenService", "GetAccessToken")
+    assert not grant.allows("wxb", "TokenService", "GetAccessToken")
+    edge = next(c for c in settings.callers if c.name == "edge")
+    assert edge.grants[0].allows("wxb", "IngressService", "DeliverMessage")
+    assert not edge.grants[0].allows("wxb", "TokenService", "GetAccessToken")

@@ -1,0 +1,150 @@
+"""`wxplatform` command line: `core`, `edge`, `sim` and `dev`.
+
+Each subcommand only loads settings, starts its process and drains on SIGTERM/SIGINT;
+the wiring lives in the composition roots (`create_server`, `start_edge`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from wxplatform.config import ConfigError, Settings, load_settings
+from wxplatform.logs import configure_logging
+
+__all__ = ["main"]
+
+log = logging.getLogger("wxplatform")
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_core(settings: Settings) -> None:
+    """Serve core until SIGTERM/SIGINT, then drain."""
+    from wxplatform.core.adapters.redis_client import connect
+    from wxplatform.core.server import create_server
+
+    if settings.redis.url is None:
+        raise ConfigError("redis.url", "is required (an embedded Redis is for `wxplatform dev` only)")
+    stop = _stop_event()
+    client = connect(settings.redis.url.reveal())
+    try:
+        core = await create_server(settings, client)
+        await stop.wait()
+        await core.stop()
+    finally:
+        await client.aclose()
+
+
+async def run_edge(settings: Settings) -> None:
+    """Serve the edge until SIGTERM/SIGINT, then finish in-flight pushes."""
+    from edge.app import start_edge
+
+    stop = _stop_event()
+    edge = await start_edge(settings)
+    await stop.wait()
+    await edge.stop()
+
+
+async def run_sim(settings: Settings, listen: str | None) -> None:
+    """Serve the WeChat simulator until SIGTERM/SIGINT."""
+    from wxplatform.sim import WeChatSimulator
+
+    stop = _stop_event()
+    sim = WeChatSimulator(settings.apps)
+    host, _, port = (listen or settings.dev.sim_listen).rpartition(":")
+    await sim.start(host, int(port))
+    log.info("simulator serving", extra={"url": sim.base_url})
+    await stop.wait()
+    await sim.stop()
+
+
+async def sim_push(settings: Settings, app_id: str, text: str, openid: str, edge_url: str | None) -> int:
+    """Push one signed text message to the edge the way WeChat does; print the outcome."""
+    from wxplatform.sim import push, text_message
+
+    app = settings.apps.get(app_id)
+    if app is None:
+        raise ConfigError("--app", f"unknown app {app_id!r}; configured: {', '.join(settings.apps)}")
+    base = edge_url or f"http://{settings.edge.listen}"
+    result = await push(app, base, text_message(f"gh_{app_id[-12:]}", openid, text))
+    print(
+        json.dumps(
+            {
+                "app_id": app_id,
+                "mode": app.encryption,
+                "status": result.status,
+                "attempts": result.attempts,
+                "reply": result.reply,
+                "error": result.error,
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+    )
+    return 0 if result.error is None else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wxplatform", description="WeChat platform service.")
+    parser.add_argument("--config", help="TOML config file (default: $WXP_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("core", help="run the gRPC core")
+    sub.add_parser("edge", help="run the public WeChat callback edge")
+    dev = sub.add_parser("dev", help="run redis + simulator + core + edge on embedded defaults")
+    dev.add_argument("--dir", default=".wxplatform", help="state directory (default .wxplatform)")
+    sim = sub.add_parser("sim", help="run the WeChat simulator, or push a message with it")
+    sim.add_argument("--listen", help="host:port (default [dev] sim_listen)")
+    sim_sub = sim.add_subparsers(dest="sim_command")
+    push = sim_sub.add_parser("push", help="push a signed text message to the edge")
+    push.add_argument("--app", required=True, help="app_id to push as")
+    push.add_argument("--text", default="hello", help="message content")
+    push.add_argument("--openid", default="oDemoUser0000000000000000000", help="sender openid")
+    push.add_argument("--edge", help="edge base URL (default http://[edge] listen)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `wxplatform` console script."""
+    args = _parser().parse_args(argv)
+    environ = dict(os.environ)  # the one place the environment is read
+    try:
+        if args.command == "dev":
+            from wxplatform.dev import run_dev
+
+            return asyncio.run(run_dev(Path(args.dir), config=args.config, environ=environ))
+        settings = load_settings(args.config, environ)
+        if args.command == "sim" and args.sim_command == "push":
+            configure_logging("sim", "WARNING")
+            return asyncio.run(sim_push(settings, args.app, args.text, args.openid, args.edge))
+        configure_logging(args.command, settings.log_level)
+        runners: dict[str, Callable[[], Awaitable[None]]] = {
+            "core": lambda: run_core(settings),
+            "edge": lambda: run_edge(settings),
+            "sim": lambda: run_sim(settings, args.listen),
+        }
+        asyncio.run(runners[args.command]())
+    except ConfigError as exc:
+        print(f"wxplatform: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"wxplatform: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Redis key layout. Every key of an app carries the app's hash tag `{app_id}`.
+
+With the tag, all keys of one app hash to one Redis Cluster slot, so the multi-key
+scripts of one app run unchanged on Cluster; no operation ever spans two apps.
+"""
+
+from __future__ import annotations
+
+__all__ = ["app_key"]
+
+PREFIX = "wxp"
+
+
+def app_key(app_id: str, *parts: str) -> str:
+    """`wxp:{app_id}:part1:part2…`."""
+    return ":".join((PREFIX, "{" + app_id + "}", *parts))

@@ -1,0 +1,42 @@
+"""Core's Prometheus metrics and the small HTTP server that exposes them."""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["INGRESS_MESSAGES", "RPC_DURATION", "RPC_TOTAL", "SERVING", "MetricsServer"]
+
+RPC_TOTAL = Counter(
+    "wxp_core_rpc_total", "gRPC calls handled, by method and status code.", ["method", "code"]
+)
+RPC_DURATION = Histogram(
+    "wxp_core_rpc_duration_seconds",
+    "gRPC call latency, by method.",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+INGRESS_MESSAGES = Counter(
+    "wxp_core_ingress_messages_total",
+    "Inbound messages delivered by the edge, by app and outcome (new, duplicate).",
+    ["app_id", "outcome"],
+)
+SERVING = Gauge("wxp_core_serving", "1 while core accepts calls, 0 while draining.")
+
+
+class MetricsServer:
+    """`/metrics` over HTTP on its own port, served from a daemon thread."""
+
+    def __init__(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        server, thread = start_http_server(int(port), addr=host)
+        self._server: WSGIServer = server
+        self._thread: threading.Thread = thread
+        self.port: int = server.server_port
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()

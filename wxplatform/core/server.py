@@ -1,0 +1,120 @@
+"""Core's composition root: wires adapters, services and servicers into a gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from acme.wxplatform.v1 import (
+    event_service_pb2,
+    ingress_service_pb2,
+    ingress_service_pb2_grpc,
+    messaging_service_pb2,
+    oauth_service_pb2,
+    session_service_pb2,
+    token_service_pb2,
+)
+from wxplatform.config import Settings
+from wxplatform.core import metrics
+from wxplatform.core.adapters.dedup_store import DedupStore
+from wxplatform.core.metrics import MetricsServer
+from wxplatform.core.servicers.ingress import IngressServicer
+from wxplatform.core.servicers.interceptors import default_interceptors
+from wxplatform.core.servicers.unimplemented import unimplemented_handler
+from wxplatform.core.services.ingress import IngressService
+
+__all__ = ["API_SERVICES", "CoreServer", "create_server"]
+
+log = logging.getLogger("wxplatform.core")
+
+# Every service of the public API, fully qualified.
+API_SERVICES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (ingress_service_pb2, "IngressService"),
+        (event_service_pb2, "EventService"),
+        (messaging_service_pb2, "MessagingService"),
+        (token_service_pb2, "TokenService"),
+        (oauth_service_pb2, "OAuthService"),
+        (session_service_pb2, "SessionService"),
+    )
+)
+
+# Services whose RPCs are not implemented yet (UNIMPLEMENTED with NOT_IMPLEMENTED).
+_UNIMPLEMENTED = (
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"],
+    messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"],
+    token_service_pb2.DESCRIPTOR.services_by_name["TokenService"],
+    oauth_service_pb2.DESCRIPTOR.services_by_name["OAuthService"],
+    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
+)
+
+DEDUP_TTL_SECONDS = 24 * 3600
+
+
+@dataclass
+class CoreServer:
+    """A started core: its gRPC server, bound port, health servicer and metrics endpoint."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    metrics_server: MetricsServer | None
+    drain_seconds: float
+
+    async def stop(self) -> None:
+        """Graceful drain: NOT_SERVING first, then let in-flight RPCs finish."""
+        log.info("draining", extra={"grace_s": self.drain_seconds})
+        metrics.SERVING.set(0)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.drain_seconds)
+        if self.metrics_server is not None:
+            # shutdown() blocks until the server thread notices (up to its 0.5 s poll).
+            await asyncio.to_thread(self.metrics_server.close)
+        log.info("stopped")
+
+
+async def create_server(
+    settings: Settings,
+    redis_client: redis.Redis,
+    *,
+    listen: str | None = None,
+    serve_metrics: bool = True,
+) -> CoreServer:
+    """Build and start core on `listen` (default `[core] listen`; port 0 picks one)."""
+    ingress = IngressService(settings.apps, DedupStore(redis_client, ttl_seconds=DEDUP_TTL_SECONDS))
+
+    server = grpc.aio.server(
+        interceptors=default_interceptors(settings.callers),
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+    )
+    ingress_service_pb2_grpc.add_IngressServiceServicer_to_server(IngressServicer(ingress), server)
+    server.add_generic_rpc_handlers([unimplemented_handler(s) for s in _UNIMPLEMENTED])
+
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*API_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+
+    port = server.add_insecure_port(listen or settings.core.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen or settings.core.listen}")
+    await server.start()
+    for name in ("", *API_SERVICES):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics.SERVING.set(1)
+    metrics_server = MetricsServer(settings.core.metrics_listen) if serve_metrics else None
+    log.info(
+        "core serving",
+        extra={"port": port, "metrics_port": metrics_server.port if metrics_server else None},
+    )
+    return CoreServer(server, port, health, metrics_server, settings.core.drain_seconds)

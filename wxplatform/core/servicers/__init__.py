@@ -1,0 +1,1 @@
+"""gRPC-facing layer: servicers, interceptors and the error-to-status table."""

@@ -1,0 +1,221 @@
+"""Server interceptors: observability, error mapping and caller auth.
+
+Installed outermost first: `Observability` (request id, access log, metrics) →
+`ErrorMapping` (the one place domain errors become gRPC statuses) → `CallerAuth`
+(authentication and default-deny authorization by caller × app × RPC). Authorization
+needs the request's `app_id`, so every interceptor wraps the method handler and runs
+once the request is deserialized.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from wxplatform.config import CallerConfig, hash_credential
+from wxplatform.core import metrics
+from wxplatform.core.servicers.context import current_caller
+from wxplatform.core.servicers.errors import to_rpc_status
+from wxplatform.errors import CallerNotAuthorized, CallerUnauthenticated, WxPlatformError
+from wxplatform.logs import REQUEST_ID_METADATA, new_request_id, request_id
+
+__all__ = ["CallerAuth", "ErrorMapping", "Observability", "default_interceptors"]
+
+log = logging.getLogger("wxplatform.core.rpc")
+
+Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Stream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+
+# Infrastructure services that load balancers and tools call without a credential.
+PUBLIC_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+
+def split_method(full_method: str) -> tuple[str, str, str]:
+    """`/pkg.Service/Method` → (`pkg.Service`, `Service`, `Method`)."""
+    qualified, _, method = full_method.lstrip("/").partition("/")
+    return qualified, qualified.rpartition(".")[2], method
+
+
+def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+class _HandlerWrapper(grpc.aio.ServerInterceptor):
+    """Base: wraps unary-request handlers with `unary` / `stream` hooks."""
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        raise NotImplementedError
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self.unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        behavior = handler.unary_stream
+        # A streaming handler is either an async generator or a coroutine that writes
+        # with `context.write` (grpc_health's Watch); the latter wraps like a unary call.
+        wrapped = (
+            self.stream(method, behavior)
+            if inspect.isasyncgenfunction(behavior)
+            else self.unary(method, behavior)
+        )
+        return grpc.unary_stream_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class Observability(_HandlerWrapper):
+    """Request id (from `x-request-id` or new), one access log line, and RPC metrics."""
+
+    def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+        request_id.set(_metadata(context).get(REQUEST_ID_METADATA) or new_request_id())
+        return time.perf_counter()
+
+    def _end(self, method: str, context: grpc.aio.ServicerContext[Any, Any], started: float) -> None:
+        elapsed = time.perf_counter() - started
+        code = context.code() or grpc.StatusCode.OK
+        code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        metrics.RPC_TOTAL.labels(method, code_name).inc()
+        metrics.RPC_DURATION.labels(method).observe(elapsed)
+        log.info(
+            "rpc",
+            extra={
+                "method": method,
+                "code": code_name,
+                "caller": current_caller.get() or None,
+                "ms": round(elapsed * 1000, 2),
+            },
+        )
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = self._begin(context)
+            try:
+                return await behavior(request, context)
+            finally:
+                self._end(method, context, started)
+
+        return observed
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = self._begin(context)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                self._end(method, context, started)
+
+        return observed
+
+
+class ErrorMapping(_HandlerWrapper):
+    """Turns `WxPlatformError` into status + ErrorInfo; anything else into INTERNAL."""
+
+    @staticmethod
+    async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+        if isinstance(exc, WxPlatformError):
+            await context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
+        # A bug: log it with its stack here, but tell the caller nothing about internals.
+        log.exception("unhandled error", extra={"method": method})
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this is the one place errors are mapped
+                await self._abort(method, context, exc)
+                raise  # unreachable: abort raises
+
+        return mapped
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                await self._abort(method, context, exc)
+
+        return mapped
+
+
+class CallerAuth(_HandlerWrapper):
+    """Authenticates the bearer credential and authorizes caller × app × RPC.
+
+    Default deny: a caller may call an RPC for an app only if one of its grants names
+    both. The credential travels as `authorization: Bearer <token>`; only its SHA-256
+    is configured, so the config file holds nothing that could be replayed.
+    """
+
+    def __init__(self, callers: tuple[CallerConfig, ...]) -> None:
+        self._by_hash: Mapping[str, CallerConfig] = {c.token_sha256: c for c in callers}
+
+    def _authorize(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        """True when the call may proceed; raises for a refused call."""
+        qualified, service, name = split_method(method)
+        if qualified in PUBLIC_SERVICES:
+            return True
+        scheme, _, token = _metadata(context).get("authorization", "").partition(" ")
+        caller = self._by_hash.get(hash_credential(token)) if scheme.lower() == "bearer" else None
+        if caller is None:
+            raise CallerUnauthenticated("missing or unknown caller credential")
+        current_caller.set(caller.name)
+        app_id = getattr(request, "app_id", "")
+        if not any(g.allows(app_id, service, name) for g in caller.grants):
+            raise CallerNotAuthorized(
+                f"caller {caller.name!r} may not call {service}/{name} for app {app_id!r}"
+            )
+        return True
+
+    def unary(self, method: str, behavior: Unary) -> Unary:
+        async def authorized(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            self._authorize(method, request, context)
+            return await behavior(request, context)
+
+        return authorized
+
+    def stream(self, method: str, behavior: Stream) -> Stream:
+        async def authorized(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            self._authorize(method, request, context)
+            async for item in behavior(request, context):
+                yield item
+
+        return authorized
+
+
+def default_interceptors(callers: tuple[CallerConfig, ...]) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor chain, outermost first."""
+    return [Observability(), ErrorMapping(), CallerAuth(callers)]

@@ -1,0 +1,1 @@
+"""Domain services: the rules of wxplatform, free of transport and storage libraries."""
