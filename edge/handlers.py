@@ -81,7 +81,10 @@ class EdgeHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, EdgeRejection):
             metrics.REJECTED.labels(exc.reason).inc()
-            log.warning("rejected", extra={"reason": exc.reason, "detail": exc.detail, "status": status_code})
+            log.warning(
+                "rejected",
+                extra={"reason": exc.reason, "detail": exc.detail, "status": status_code},
+            )
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"{status_code} {self._reason}\n")
 
@@ -116,6 +119,7 @@ class CallbackHandler(EdgeHandler):
 
     def initialize(
         self,
+        *,
         apps: Mapping[str, AppConfig],
         cryptos: Mapping[str, MessageCrypto],
         core: CoreClient,
@@ -149,7 +153,9 @@ class CallbackHandler(EdgeHandler):
         app_id = self.path_kwargs.get("app_id", "")
         label = app_id if app_id in self.apps else "unknown"
         metrics.CALLBACKS.labels(label, self.request.method, str(self.get_status())).inc()
-        metrics.CALLBACK_DURATION.labels(self.request.method).observe(time.perf_counter() - self.started)
+        metrics.CALLBACK_DURATION.labels(self.request.method).observe(
+            time.perf_counter() - self.started
+        )
         super().on_finish()
 
     def _app(self, app_id: str) -> AppConfig:
@@ -167,6 +173,8 @@ class CallbackHandler(EdgeHandler):
                 raise BadParameters("duplicate_param", name)
             if not values:
                 if name in required:
+                    if name == "signature":  # unsigned: refused like a wrong signature
+                        raise SignatureMismatch("missing_signature")
                     raise BadParameters("missing_param", name)
                 continue
             try:
@@ -205,7 +213,9 @@ class CallbackHandler(EdgeHandler):
                 if app.encryption == "safe"
                 else inbound.ENCRYPTION_MODE_COMPATIBLE
             ),
-            format=inbound.DATA_FORMAT_JSON if app.data_format == "json" else inbound.DATA_FORMAT_XML,
+            format=inbound.DATA_FORMAT_JSON
+            if app.data_format == "json"
+            else inbound.DATA_FORMAT_XML,
         )
         try:
             message = normalize(app.app_id, fields, transport, self.clock.now())

@@ -19,4 +19,6 @@ CALLBACK_DURATION = Histogram(
 REJECTED = Counter(
     "wxp_edge_rejected_total", "Callbacks refused, by reason (signature, payload, …).", ["reason"]
 )
-CORE_CALLS = Counter("wxp_edge_core_calls_total", "Calls to core, by outcome (gRPC code).", ["code"])
+CORE_CALLS = Counter(
+    "wxp_edge_core_calls_total", "Calls to core, by outcome (gRPC code).", ["code"]
+)

@@ -8,6 +8,7 @@ malformed envelope fields reject the push.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -49,7 +50,7 @@ def _float(fields: Mapping[str, Any], name: str) -> float:
         value = float(_text(fields, name).strip() or 0)
     except ValueError:
         return 0.0
-    return value if value == value and abs(value) != float("inf") else 0.0
+    return value if math.isfinite(value) else 0.0
 
 
 def _table(fields: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -64,7 +65,9 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _subscribe_items(fields: Mapping[str, Any], wrappers: tuple[str, ...]) -> list[pb.SubscribeMessageItem]:
+def _subscribe_items(
+    fields: Mapping[str, Any], wrappers: tuple[str, ...]
+) -> list[pb.SubscribeMessageItem]:
     # The official change-event sample wrongly uses the popup wrapper; accept any of them.
     container: Mapping[str, Any] = {}
     for wrapper in wrappers:
@@ -188,7 +191,9 @@ _MESSAGES: dict[str, Builder] = {
         )
     ),
     "link": lambda f, m: m.link.CopyFrom(
-        pb.LinkMessage(title=_text(f, "Title"), description=_text(f, "Description"), url=_text(f, "Url"))
+        pb.LinkMessage(
+            title=_text(f, "Title"), description=_text(f, "Description"), url=_text(f, "Url")
+        )
     ),
     "miniprogrampage": lambda f, m: m.mini_program_page.CopyFrom(
         pb.MiniProgramPageMessage(
@@ -297,12 +302,20 @@ def normalize(
         create_time=int(created),
         msg_type=_text(fields, "MsgType"),
         event=_text(fields, "Event") if _text(fields, "MsgType") == "event" else "",
-        msg_id=_text(fields, "MsgId") or _text(fields, "MsgID") if _text(fields, "MsgType") != "event" else "",
+        msg_id=_text(fields, "MsgId") or _text(fields, "MsgID")
+        if _text(fields, "MsgType") != "event"
+        else "",
         transport=transport,
-        received_time=timestamp_pb2.Timestamp(seconds=int(received_at), nanos=int(received_at % 1 * 1e9)),
+        received_time=timestamp_pb2.Timestamp(
+            seconds=int(received_at), nanos=int(received_at % 1 * 1e9)
+        ),
         raw=raw,
     )
-    builder = _EVENTS.get(message.event) if message.msg_type == "event" else _MESSAGES.get(message.msg_type)
+    builder = (
+        _EVENTS.get(message.event)
+        if message.msg_type == "event"
+        else _MESSAGES.get(message.msg_type)
+    )
     if builder is None:
         message.unknown.SetInParent()
     else:

@@ -14,7 +14,9 @@ def _optional(**values: str) -> dict[str, str]:
     return {k: v for k, v in values.items() if v}
 
 
-def reply_fields(reply: pb.PassiveReply, to: inbound.InboundMessage, now: int) -> dict[str, Any] | None:
+def reply_fields(
+    reply: pb.PassiveReply, to: inbound.InboundMessage, now: int
+) -> dict[str, Any] | None:
     """The `<xml>` fields of the reply to `to`, or None when there is nothing to send.
 
     To and From are swapped relative to the push; CreateTime is an integer.
@@ -38,12 +40,16 @@ def reply_fields(reply: pb.PassiveReply, to: inbound.InboundMessage, now: int) -
         case "video":
             v = reply.video
             return head | {
-                "Video": {"MediaId": v.media_id} | _optional(Title=v.title, Description=v.description)
+                "Video": {"MediaId": v.media_id}
+                | _optional(Title=v.title, Description=v.description)
             }
         case "music":
             m = reply.music
             body = _optional(
-                Title=m.title, Description=m.description, MusicUrl=m.music_url, HQMusicUrl=m.hq_music_url
+                Title=m.title,
+                Description=m.description,
+                MusicUrl=m.music_url,
+                HQMusicUrl=m.hq_music_url,
             )
             return head | {"Music": body | {"ThumbMediaId": m.thumb_media_id}}
         case "news":

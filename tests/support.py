@@ -39,7 +39,11 @@ def app_table(app_id: str, **overrides: Any) -> dict[str, Any]:
         "app_secret": "secret-" + secrets.token_hex(8),
         "token": "tok" + secrets.token_hex(8),
         "auto_reply": [
-            {"match": "exact", "keyword": "hello", "reply": {"type": "text", "content": "hi there"}},
+            {
+                "match": "exact",
+                "keyword": "hello",
+                "reply": {"type": "text", "content": "hi there"},
+            },
         ],
         "default_reply": {"type": "text", "content": "default answer"},
     }
@@ -49,7 +53,9 @@ def app_table(app_id: str, **overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in table.items() if v is not None}
 
 
-def make_settings(*apps: dict[str, Any], team_apps: list[str] | None = None, **top: Any) -> Settings:
+def make_settings(
+    *apps: dict[str, Any], team_apps: list[str] | None = None, **top: Any
+) -> Settings:
     """Settings with the given app tables and three callers.
 
     `edge` may call only Ingress; `team` may call everything for `team_apps` (default:

@@ -70,7 +70,11 @@ def main() -> int:
         generate(fresh)
         committed = OUT / GENERATED_ROOT
         if args.check:
-            drift = differences(fresh / GENERATED_ROOT, committed) if committed.exists() else ["missing"]
+            drift = (
+                differences(fresh / GENERATED_ROOT, committed)
+                if committed.exists()
+                else ["missing"]
+            )
             if drift:
                 print("generated code is out of date; run `make proto`:", *drift, sep="\n  ")
                 return 1

@@ -13,8 +13,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from wxplatform.config import ConfigError, Settings, load_settings
 from wxplatform.logs import configure_logging
@@ -38,7 +39,9 @@ async def run_core(settings: Settings) -> None:
     from wxplatform.core.server import create_server
 
     if settings.redis.url is None:
-        raise ConfigError("redis.url", "is required (an embedded Redis is for `wxplatform dev` only)")
+        raise ConfigError(
+            "redis.url", "is required (an embedded Redis is for `wxplatform dev` only)"
+        )
     stop = _stop_event()
     client = connect(settings.redis.url.reveal())
     try:
@@ -72,15 +75,19 @@ async def run_sim(settings: Settings, listen: str | None) -> None:
     await sim.stop()
 
 
-async def sim_push(settings: Settings, app_id: str, text: str, openid: str, edge_url: str | None) -> int:
+async def sim_push(
+    settings: Settings, app_id: str, text: str, openid: str, edge_url: str | None
+) -> int:
     """Push one signed text message to the edge the way WeChat does; print the outcome."""
-    from wxplatform.sim import push, text_message
+    from wxplatform.sim import original_id, push, text_message
 
     app = settings.apps.get(app_id)
     if app is None:
-        raise ConfigError("--app", f"unknown app {app_id!r}; configured: {', '.join(settings.apps)}")
+        raise ConfigError(
+            "--app", f"unknown app {app_id!r}; configured: {', '.join(settings.apps)}"
+        )
     base = edge_url or f"http://{settings.edge.listen}"
-    result = await push(app, base, text_message(f"gh_{app_id[-12:]}", openid, text))
+    result = await push(app, base, text_message(original_id(app_id), openid, text))
     print(
         json.dumps(
             {
@@ -131,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging("sim", "WARNING")
             return asyncio.run(sim_push(settings, args.app, args.text, args.openid, args.edge))
         configure_logging(args.command, settings.log_level)
-        runners: dict[str, Callable[[], Awaitable[None]]] = {
+        runners: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "core": lambda: run_core(settings),
             "edge": lambda: run_edge(settings),
             "sim": lambda: run_sim(settings, args.listen),

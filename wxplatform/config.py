@@ -245,7 +245,9 @@ class _Table:
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def get(self, name: str, kind: type[T], default: T | None = None, *, required: bool = False) -> T:
+    def get(
+        self, name: str, kind: type[T], default: T | None = None, *, required: bool = False
+    ) -> T:
         self.seen.add(name)
         if name not in self.data:
             if required or default is None:
@@ -481,7 +483,9 @@ def _parse_reply(t: _Table) -> ReplySpec:
     if kind == "news":
         articles = []
         for a in t.tables("articles"):
-            articles.append({n: a.get(n, str, "") for n in ("title", "description", "pic_url", "url")})
+            articles.append(
+                {n: a.get(n, str, "") for n in ("title", "description", "pic_url", "url")}
+            )
             a.done()
         if len(articles) != 1:
             # WeChat rejects more than one article in practice (45008, PROTOCOL.md §4.1).

@@ -23,6 +23,11 @@ from wxplatform.logs import configure_logging
 __all__ = ["run_dev"]
 
 
+def _program() -> str:
+    """How the user can run this same `wxplatform` command again."""
+    return os.path.relpath(sys.argv[0]) if sys.argv[0].endswith("wxplatform") else "wxplatform"
+
+
 async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, str]) -> int:
     """Run the dev stack until interrupted."""
     from edge.app import start_edge
@@ -67,7 +72,7 @@ async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, 
                 flush=True,
             )
             print(
-                f"try it:  {os.path.relpath(sys.argv[0])} --config {config_path} sim push"
+                f"try it:  {_program()} --config {config_path} sim push"
                 f" --app {PLAIN_APP} --text hello",
                 flush=True,
             )

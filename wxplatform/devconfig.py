@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import secrets
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 from wxplatform.config import hash_credential
 
-__all__ = ["DEMO_APPS", "write_dev_config"]
+__all__ = ["DEMO_APPS", "DevPorts", "render_dev_config", "write_dev_config"]
 
 PLAIN_APP = "wxdemoplaintext01"
 SAFE_APP = "wxdemosafemode001"
@@ -26,7 +27,17 @@ def _alnum(length: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def render_dev_config() -> str:
+@dataclass(frozen=True)
+class DevPorts:
+    """Loopback ports of the dev stack."""
+
+    core: int = 50051
+    core_metrics: int = 9464
+    edge: int = 8080
+    sim: int = 8081
+
+
+def render_dev_config(ports: DevPorts = DevPorts()) -> str:
     """A complete dev config with fresh random secrets."""
     edge_token = secrets.token_urlsafe(32)
     demo_token = secrets.token_urlsafe(32)
@@ -36,22 +47,22 @@ def render_dev_config() -> str:
 log_level = "INFO"
 
 [core]
-listen = "127.0.0.1:50051"
-metrics_listen = "127.0.0.1:9464"
+listen = "127.0.0.1:{ports.core}"
+metrics_listen = "127.0.0.1:{ports.core_metrics}"
 drain_seconds = 5
 
 [edge]
-listen = "127.0.0.1:8080"
-core_target = "127.0.0.1:50051"
+listen = "127.0.0.1:{ports.edge}"
+core_target = "127.0.0.1:{ports.core}"
 # The edge's caller credential for core (its hash is in [[callers]] "edge" below).
 core_credential = "{edge_token}"
 
 [wechat]
 # The bundled WeChat simulator, started by `wxplatform dev`.
-api_base = "http://127.0.0.1:8081"
+api_base = "http://127.0.0.1:{ports.sim}"
 
 [dev]
-sim_listen = "127.0.0.1:8081"
+sim_listen = "127.0.0.1:{ports.sim}"
 # Bearer credential of the "demo" caller: `authorization: Bearer <this>` on gRPC calls.
 demo_credential = "{demo_token}"
 

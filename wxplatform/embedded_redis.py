@@ -59,7 +59,9 @@ class EmbeddedRedis:
                 "--save", "60 1" if self.persist else "",
                 "--appendonly", "no",
             ]  # fmt: skip
-            self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self._process = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             if self._wait_ready(timeout):
                 return self.url
             self.stop()

@@ -10,7 +10,9 @@ from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from acme.wxplatform.v1 import ingress_service_pb2 as ingress
 
 
-def text_message(app_id: str, content: str, msg_id: str = "1001", openid: str = "oUser1") -> inbound.InboundMessage:
+def text_message(
+    app_id: str, content: str, msg_id: str = "1001", openid: str = "oUser1"
+) -> inbound.InboundMessage:
     """A normalized text message as the edge would deliver it."""
     raw = struct_pb2.Struct()
     raw.update({"MsgType": "text", "Content": content, "MsgId": msg_id, "FromUserName": openid})

@@ -10,7 +10,14 @@ import redis.asyncio as redis
 
 from acme.wxplatform.v1 import ingress_service_pb2_grpc
 from tests.core.helpers import deliver_request, text_message
-from tests.support import EDGE_CREDENTIAL, app_table, bearer, make_settings, new_app_id, running_stack
+from tests.support import (
+    EDGE_CREDENTIAL,
+    app_table,
+    bearer,
+    make_settings,
+    new_app_id,
+    running_stack,
+)
 
 
 async def test_keyword_rule_default_and_no_reply(redis_client: redis.Redis) -> None:
@@ -25,7 +32,8 @@ async def test_keyword_rule_default_and_no_reply(redis_client: redis.Redis) -> N
         assert not hello.duplicate
         assert hello.dedup_key == "msg:1"
         other = await stub.DeliverMessage(
-            deliver_request(text_message(app_id, "something else", "2")), metadata=bearer(EDGE_CREDENTIAL)
+            deliver_request(text_message(app_id, "something else", "2")),
+            metadata=bearer(EDGE_CREDENTIAL),
         )
         assert other.reply.text.content == "default answer"
 
@@ -41,7 +49,9 @@ async def test_app_without_rules_gives_no_reply(redis_client: redis.Redis) -> No
         assert response.reply.WhichOneof("reply") is None
 
 
-async def test_retry_gets_the_first_reply_and_is_marked_duplicate(redis_client: redis.Redis) -> None:
+async def test_retry_gets_the_first_reply_and_is_marked_duplicate(
+    redis_client: redis.Redis,
+) -> None:
     app_id = new_app_id()
     settings = make_settings(app_table(app_id))
     async with running_stack(settings, redis_client) as stack:
@@ -73,7 +83,8 @@ async def test_unknown_app_is_not_found(redis_client: redis.Redis) -> None:
         stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.DeliverMessage(
-                deliver_request(text_message("wxnotconfigured", "hello")), metadata=bearer(EDGE_CREDENTIAL)
+                deliver_request(text_message("wxnotconfigured", "hello")),
+                metadata=bearer(EDGE_CREDENTIAL),
             )
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 

@@ -34,14 +34,18 @@ from tests.support import (
 from wxplatform.core.server import API_SERVICES
 
 
-async def _call_ingress(channel: grpc.aio.Channel, app_id: str, metadata: tuple[tuple[str, str], ...]) -> grpc.aio.AioRpcError:
+async def _call_ingress(
+    channel: grpc.aio.Channel, app_id: str, metadata: tuple[tuple[str, str], ...]
+) -> grpc.aio.AioRpcError:
     stub = ingress_service_pb2_grpc.IngressServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.DeliverMessage(deliver_request(text_message(app_id, "hello")), metadata=metadata)
     return caught.value
 
 
-async def test_calls_without_a_valid_credential_are_unauthenticated(redis_client: redis.Redis) -> None:
+async def test_calls_without_a_valid_credential_are_unauthenticated(
+    redis_client: redis.Redis,
+) -> None:
     app_id = new_app_id()
     async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
         for metadata in ((), bearer("not-a-credential"), (("authorization", EDGE_CREDENTIAL),)):
@@ -63,7 +67,8 @@ async def test_authorization_is_per_caller_app_and_rpc(redis_client: redis.Redis
         tokens = token_service_pb2_grpc.TokenServiceStub(stack.channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await tokens.GetAccessToken(
-                token_service_pb2.GetAccessTokenRequest(app_id=app_a), metadata=bearer(EDGE_CREDENTIAL)
+                token_service_pb2.GetAccessTokenRequest(app_id=app_a),
+                metadata=bearer(EDGE_CREDENTIAL),
             )
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         # `other` has TokenService grants but not Ingress.
@@ -77,13 +82,16 @@ async def test_unimplemented_services_say_so_with_a_reason(redis_client: redis.R
         tokens = token_service_pb2_grpc.TokenServiceStub(stack.channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await tokens.GetAccessToken(
-                token_service_pb2.GetAccessTokenRequest(app_id=app_id), metadata=bearer(TEAM_CREDENTIAL)
+                token_service_pb2.GetAccessTokenRequest(app_id=app_id),
+                metadata=bearer(TEAM_CREDENTIAL),
             )
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert error_info(caught.value)[0] == "NOT_IMPLEMENTED"
         events = event_service_pb2_grpc.EventServiceStub(stack.channel)
         stream = events.StreamEvents(
-            event_service_pb2.StreamEventsRequest(app_id=app_id, consumer_group="g", consumer_name="c"),
+            event_service_pb2.StreamEventsRequest(
+                app_id=app_id, consumer_group="g", consumer_name="c"
+            ),
             metadata=bearer(TEAM_CREDENTIAL),
         )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -98,21 +106,27 @@ async def test_every_rpc_of_the_api_is_served(redis_client: redis.Redis) -> None
         reflection = reflection_pb2_grpc.ServerReflectionStub(stack.channel)
         for service_name in API_SERVICES:
             files = await _file_containing(reflection, service_name)
-            service = next(s for f in files for s in f.service if f"{f.package}.{s.name}" == service_name)
+            service = next(
+                s for f in files for s in f.service if f"{f.package}.{s.name}" == service_name
+            )
             for method in service.method:
                 call = stack.channel.unary_unary(f"/{service_name}/{method.name}")
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     # An empty request: auth refuses it, proving our handler chain saw the call.
                     await call(b"", metadata=bearer(TEAM_CREDENTIAL))
                 assert error_info(caught.value)[0] in {
-                    "CALLER_NOT_AUTHORIZED", "NOT_IMPLEMENTED", "APP_NOT_FOUND"
+                    "CALLER_NOT_AUTHORIZED",
+                    "NOT_IMPLEMENTED",
+                    "APP_NOT_FOUND",
                 }, f"{service_name}/{method.name}"
 
 
 async def _file_containing(
     stub: reflection_pb2_grpc.ServerReflectionStub, symbol: str
 ) -> list[descriptor_pb2.FileDescriptorProto]:
-    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)]))
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)])
+    )
     async for response in responses:
         return [
             descriptor_pb2.FileDescriptorProto.FromString(raw)
@@ -124,7 +138,9 @@ async def _file_containing(
 async def test_reflection_lists_all_six_services_and_health(redis_client: redis.Redis) -> None:
     async with running_stack(make_settings(app_table(new_app_id())), redis_client) as stack:
         stub = reflection_pb2_grpc.ServerReflectionStub(stack.channel)
-        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         names: set[str] = set()
         async for response in responses:
             names = {s.name for s in response.list_services_response.service}
@@ -138,7 +154,9 @@ async def test_health_serves_then_drains_gracefully(redis_client: redis.Redis) -
     from wxplatform.core.server import create_server
 
     app_id = new_app_id()
-    settings = make_settings(app_table(app_id), core={"drain_seconds": 5, "metrics_listen": "127.0.0.1:0"})
+    settings = make_settings(
+        app_table(app_id), core={"drain_seconds": 5, "metrics_listen": "127.0.0.1:0"}
+    )
     core = await create_server(settings, redis_client, listen="127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{core.port}")
     health = health_pb2_grpc.HealthStub(channel)
@@ -151,12 +169,54 @@ async def test_health_serves_then_drains_gracefully(redis_client: redis.Redis) -
     # The metrics endpoint of core answers with Prometheus text.
     assert core.metrics_server is not None
     url = f"http://127.0.0.1:{core.metrics_server.port}/metrics"
-    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())  # noqa: S310
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
     assert b"wxp_core_rpc_total" in body
 
     stopping = asyncio.create_task(core.stop())
     update = await asyncio.wait_for(watched.read(), 5)
     assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
     watched.cancel()  # an open stream would hold the drain for its whole grace period
+    await stopping
+    await channel.close()
+
+
+async def test_drain_lets_an_in_flight_call_finish(redis_client: redis.Redis) -> None:
+    """A call still running when SIGTERM-style drain starts completes normally."""
+    from acme.wxplatform.v1 import passive_reply_pb2
+    from wxplatform.core.adapters.redis_keys import app_key
+    from wxplatform.core.server import create_server
+
+    app_id = new_app_id()
+    settings = make_settings(app_table(app_id), core={"drain_seconds": 5})
+    core = await create_server(settings, redis_client, listen="127.0.0.1:0", serve_metrics=False)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{core.port}")
+    stub = ingress_service_pb2_grpc.IngressServiceStub(channel)
+    # Another replica is still processing message 31337: this call waits for its result.
+    key = app_key(app_id, "dedup", "msg:31337")
+    await redis_client.set(key, b"pending", px=60_000)
+    call = stub.DeliverMessage(
+        deliver_request(text_message(app_id, "hello", "31337")),
+        metadata=bearer(EDGE_CREDENTIAL),
+        timeout=10,
+    )
+    in_flight = asyncio.ensure_future(call)
+    await asyncio.sleep(0.2)
+    stopping = asyncio.create_task(core.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done(), "the server must wait for the in-flight call"
+    # New calls are refused while draining.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.DeliverMessage(
+            deliver_request(text_message(app_id, "hello", "31338")),
+            metadata=bearer(EDGE_CREDENTIAL),
+            timeout=2,
+        )
+    reply = passive_reply_pb2.PassiveReply(
+        text=passive_reply_pb2.TextReply(content="from the other replica")
+    )
+    await redis_client.set(key, b"done:" + reply.SerializeToString(), px=60_000)
+    response = await in_flight
+    assert response.duplicate
+    assert response.reply.text.content == "from the other replica"
     await stopping
     await channel.close()

@@ -70,7 +70,9 @@ def test_safe_mode_requires_an_aes_key() -> None:
     data = base()
     data["apps"][0]["encryption"] = "safe"
     data["apps"][0].pop("encoding_aes_key", None)
-    with pytest.raises(ConfigError, match=r"apps\[0\]\.encoding_aes_key: is required for safe mode"):
+    with pytest.raises(
+        ConfigError, match=r"apps\[0\]\.encoding_aes_key: is required for safe mode"
+    ):
         parse_settings(data)
 
 
@@ -105,7 +107,13 @@ def test_secrets_never_appear_in_repr_or_str() -> None:
     settings = parse_settings(data)
     app = settings.apps["wxapp1"]
     shown = repr(settings) + str(settings) + f"{app}"
-    for secret in (app.app_secret.reveal(), app.token.reveal(), AES_KEY, "hunter2", "edge-secret-value"):
+    for secret in (
+        app.app_secret.reveal(),
+        app.token.reveal(),
+        AES_KEY,
+        "hunter2",
+        "edge-secret-value",
+    ):
         assert secret not in shown
     assert str(Secret("x")) == "Secret('********')"
 

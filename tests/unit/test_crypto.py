@@ -68,7 +68,12 @@ def test_round_trip_with_unicode() -> None:
 
 @pytest.mark.parametrize(
     "ciphertext",
-    ["not base64!!", "", base64.b64encode(b"x" * 15).decode(), base64.b64encode(b"x" * 33).decode()],
+    [
+        "not base64!!",
+        "",
+        base64.b64encode(b"x" * 15).decode(),
+        base64.b64encode(b"x" * 33).decode(),
+    ],
 )
 def test_malformed_ciphertext(ciphertext: str) -> None:
     with pytest.raises(BadCiphertext):

@@ -14,12 +14,17 @@ def kind_of(body: bytes, *, json_format: bool = False) -> str:
 
 
 def test_plain_message_parses() -> None:
-    fields = parse_xml(b"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><CreateTime>12</CreateTime></xml>")
+    fields = parse_xml(
+        b"<xml><ToUserName><![CDATA[gh_1]]></ToUserName><CreateTime>12</CreateTime></xml>"
+    )
     assert fields == {"ToUserName": "gh_1", "CreateTime": "12"}
 
 
 def test_dtd_and_entities_are_refused() -> None:
-    bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]><xml><A>&b;</A></xml>'
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;">]>'
+        b"<xml><A>&b;</A></xml>"
+    )
     external = b'<!DOCTYPE x [<!ENTITY e SYSTEM "http://127.0.0.1:1/x">]><xml><A>&e;</A></xml>'
     assert kind_of(bomb) == "dtd"
     assert kind_of(external) == "dtd"
@@ -36,7 +41,7 @@ def test_duplicate_fields_are_refused_but_items_repeat() -> None:
 def test_depth_encoding_syntax_and_shape() -> None:
     deep = b"<xml>" + b"<a>" * 20 + b"x" + b"</a>" * 20 + b"</xml>"
     assert kind_of(deep) == "depth"
-    assert kind_of('<xml><A>é</A></xml>'.encode("latin-1")) == "encoding"
+    assert kind_of("<xml><A>é</A></xml>".encode("latin-1")) == "encoding"
     assert kind_of(b"<xml><A>") == "syntax"
     assert kind_of(b"<root><A>1</A></root>") == "shape"
     assert kind_of(b"[1, 2]", json_format=True) == "shape"

@@ -24,7 +24,9 @@ def test_sort_is_lexicographic_not_numeric() -> None:
 def test_msg_signature_vectors(vectors: dict[str, Any]) -> None:
     for case in vectors["decrypt"]:
         q = case["query"]
-        assert sign(case["token"], q["timestamp"], q["nonce"], case["encrypt"]) == q["msg_signature"]
+        assert (
+            sign(case["token"], q["timestamp"], q["nonce"], case["encrypt"]) == q["msg_signature"]
+        )
 
 
 def test_signature_matches_rejects_case_and_length_variants() -> None:
@@ -37,5 +39,7 @@ def test_signature_matches_rejects_case_and_length_variants() -> None:
 
 def test_jssdk_signature_vectors(vectors: dict[str, Any]) -> None:
     for case in vectors["jssdk_signature"]:
-        got = jssdk_signature(case["jsapi_ticket"], case["noncestr"], case["timestamp"], case["url"])
+        got = jssdk_signature(
+            case["jsapi_ticket"], case["noncestr"], case["timestamp"], case["url"]
+        )
         assert got == case["signature"], case["id"]

@@ -63,7 +63,11 @@ class AppIdMismatch(CryptoError):
 
 def aes_key_from_encoding_key(encoding_aes_key: str) -> bytes:
     """`Base64_Decode(EncodingAESKey + "=")`, checked to give 32 bytes."""
-    if len(encoding_aes_key) != 43 or not encoding_aes_key.isalnum() or not encoding_aes_key.isascii():
+    if (
+        len(encoding_aes_key) != 43
+        or not encoding_aes_key.isalnum()
+        or not encoding_aes_key.isascii()
+    ):
         raise IllegalAesKey("EncodingAESKey must be 43 characters of [A-Za-z0-9]")
     try:
         key = base64.b64decode(encoding_aes_key + "=", validate=True)
@@ -100,7 +104,9 @@ class MessageCrypto:
     def __repr__(self) -> str:
         return f"MessageCrypto(app_id={self.app_id!r}, keys={len(self._keys)})"
 
-    def encrypt(self, message: str, *, key_index: int = 0, random_prefix: bytes | None = None) -> str:
+    def encrypt(
+        self, message: str, *, key_index: int = 0, random_prefix: bytes | None = None
+    ) -> str:
         """`Encrypt` value for `message`: base64(AES(random16 ‖ len ‖ msg ‖ appid ‖ pad))."""
         prefix = random_prefix if random_prefix is not None else _random16()
         body = message.encode()
@@ -111,9 +117,7 @@ class MessageCrypto:
         return base64.b64encode(data).decode()
 
     def decrypt(self, encrypted: str) -> tuple[str, int]:
-        """Plaintext of an `Encrypt` value and the index of the key that opened it.
-
-        """
+        """Plaintext of an `Encrypt` value and the index of the key that opened it."""
         try:
             data = base64.b64decode(encrypted, validate=True)
         except (binascii.Error, ValueError) as exc:

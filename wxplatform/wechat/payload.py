@@ -52,9 +52,7 @@ def parse_xml(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Payload:
     if head.startswith("<?xml") and "encoding" in head and "utf-8" not in head:
         raise MalformedPayload("encoding", "only UTF-8 XML is accepted")
     try:
-        root = SafeET.fromstring(
-            body, forbid_dtd=True, forbid_entities=True, forbid_external=True
-        )
+        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise MalformedPayload("dtd", type(exc).__name__) from exc
     except ParseError as exc:

@@ -10,7 +10,9 @@ answer twice and the message is processed once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -49,7 +51,7 @@ class DedupStore:
             deadline = asyncio.get_running_loop().time() + wait_seconds
             delay = 0.005
             while True:
-                value = await self._redis.get(key)
+                value = cast(bytes | None, await self._redis.get(key))
                 if value is None:  # the first delivery gave up: take over.
                     if await self._redis.set(key, _PENDING, nx=True, px=self._pending_ms):
                         return Claim(owned=True)
@@ -66,13 +68,13 @@ class DedupStore:
     async def complete(self, app_id: str, dedup_key: str, reply: bytes) -> None:
         """Record the result of the owned delivery for the dedup TTL."""
         try:
-            await self._redis.set(app_key(app_id, "dedup", dedup_key), _DONE + reply, px=self._ttl_ms)
+            await self._redis.set(
+                app_key(app_id, "dedup", dedup_key), _DONE + reply, px=self._ttl_ms
+            )
         except RedisError as exc:
             raise StoreUnavailable("dedup store unreachable") from exc
 
     async def release(self, app_id: str, dedup_key: str) -> None:
         """Give up an owned claim after a failure, so a retry can process the message."""
-        try:
+        with contextlib.suppress(RedisError):  # if it fails, the pending marker expires anyway
             await self._redis.delete(app_key(app_id, "dedup", dedup_key))
-        except RedisError:
-            pass  # the pending marker expires on its own

@@ -60,11 +60,8 @@ _PREFIX = "ERROR_REASON_"
 
 
 def _known_reasons() -> set[str]:
-    return {
-        name.removeprefix(_PREFIX)
-        for name in error_reason_pb2.ErrorReason.keys()
-        if name != f"{_PREFIX}UNSPECIFIED"
-    }
+    values = error_reason_pb2.DESCRIPTOR.enum_types_by_name["ErrorReason"].values
+    return {v.name.removeprefix(_PREFIX) for v in values if v.number != 0}
 
 
 # Fail at import, not at the first error, if the proto and this table disagree.
@@ -81,7 +78,9 @@ def to_rpc_status(error: WxPlatformError) -> status_pb2.Status:
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
                     for v in error.violations
                 ]
             )
@@ -91,4 +90,6 @@ def to_rpc_status(error: WxPlatformError) -> status_pb2.Status:
         any_detail = any_pb2.Any()
         any_detail.Pack(detail)
         packed.append(any_detail)
-    return status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=packed)
+    return status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=packed
+    )

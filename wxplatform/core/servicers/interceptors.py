@@ -52,7 +52,7 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-class _HandlerWrapper(grpc.aio.ServerInterceptor):
+class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Base: wraps unary-request handlers with `unary` / `stream` hooks."""
 
     def unary(self, method: str, behavior: Unary) -> Unary:
@@ -98,7 +98,9 @@ class Observability(_HandlerWrapper):
         request_id.set(_metadata(context).get(REQUEST_ID_METADATA) or new_request_id())
         return time.perf_counter()
 
-    def _end(self, method: str, context: grpc.aio.ServicerContext[Any, Any], started: float) -> None:
+    def _end(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], started: float
+    ) -> None:
         elapsed = time.perf_counter() - started
         code = context.code() or grpc.StatusCode.OK
         code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
@@ -125,7 +127,9 @@ class Observability(_HandlerWrapper):
         return observed
 
     def stream(self, method: str, behavior: Stream) -> Stream:
-        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def observed(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             started = self._begin(context)
             try:
                 async for item in behavior(request, context):
@@ -140,7 +144,9 @@ class ErrorMapping(_HandlerWrapper):
     """Turns `WxPlatformError` into status + ErrorInfo; anything else into INTERNAL."""
 
     @staticmethod
-    async def _abort(method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    async def _abort(
+        method: str, context: grpc.aio.ServicerContext[Any, Any], exc: Exception
+    ) -> None:
         if isinstance(exc, WxPlatformError):
             await context.abort_with_status(rpc_status.to_status(to_rpc_status(exc)))
         # A bug: log it with its stack here, but tell the caller nothing about internals.
@@ -153,20 +159,22 @@ class ErrorMapping(_HandlerWrapper):
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - this is the one place errors are mapped
+            except Exception as exc:
                 await self._abort(method, context, exc)
                 raise  # unreachable: abort raises
 
         return mapped
 
     def stream(self, method: str, behavior: Stream) -> Stream:
-        async def mapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def mapped(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             try:
                 async for item in behavior(request, context):
                     yield item
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 await self._abort(method, context, exc)
 
         return mapped
@@ -183,7 +191,9 @@ class CallerAuth(_HandlerWrapper):
     def __init__(self, callers: tuple[CallerConfig, ...]) -> None:
         self._by_hash: Mapping[str, CallerConfig] = {c.token_sha256: c for c in callers}
 
-    def _authorize(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    def _authorize(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bool:
         """True when the call may proceed; raises for a refused call."""
         qualified, service, name = split_method(method)
         if qualified in PUBLIC_SERVICES:
@@ -208,7 +218,9 @@ class CallerAuth(_HandlerWrapper):
         return authorized
 
     def stream(self, method: str, behavior: Stream) -> Stream:
-        async def authorized(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def authorized(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             self._authorize(method, request, context)
             async for item in behavior(request, context):
                 yield item

@@ -49,7 +49,9 @@ class IngressService:
         self._apps = apps
         self._dedup = dedup
 
-    async def deliver(self, app_id: str, message: inbound.InboundMessage, *, wait_seconds: float) -> Delivered:
+    async def deliver(
+        self, app_id: str, message: inbound.InboundMessage, *, wait_seconds: float
+    ) -> Delivered:
         """Accept one delivery of `message` and return the reply for WeChat."""
         app = self._apps.get(app_id)
         if app is None:

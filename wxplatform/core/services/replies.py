@@ -59,5 +59,7 @@ def to_passive_reply(spec: ReplySpec) -> pr.PassiveReply:
             )
         case "transfer_customer_service":
             return pr.PassiveReply(
-                transfer_customer_service=pr.TransferCustomerServiceReply(kf_account=spec.kf_account)
+                transfer_customer_service=pr.TransferCustomerServiceReply(
+                    kf_account=spec.kf_account
+                )
             )
