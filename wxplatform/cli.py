@@ -56,6 +56,8 @@ async def run_edge(settings: Settings) -> None:
     """Serve the edge until SIGTERM/SIGINT, then finish in-flight pushes."""
     from edge.app import start_edge
 
+    if settings.edge.core_credential is None:
+        raise ConfigError("edge.core_credential", "is required: the edge authenticates to core")
     stop = _stop_event()
     edge = await start_edge(settings)
     await stop.wait()
