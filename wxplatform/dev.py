@@ -67,7 +67,7 @@ async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, 
                 f" | core grpc://{settings.core.listen}"
                 f" | metrics http://{settings.core.metrics_listen}/metrics"
                 f" | simulator {sim.base_url}"
-                f" | redis {'embedded' if redis_server else 'configured'}"
+                f" | redis {redis_server.url if redis_server else '(configured)'}"
                 f" | config {config_path}",
                 flush=True,
             )
