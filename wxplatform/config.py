@@ -166,6 +166,10 @@ class CoreConfig:
     listen: str = "127.0.0.1:50051"
     metrics_listen: str = "127.0.0.1:9464"
     drain_seconds: float = 10.0
+    # Longer than WeChat's retry window (~15 s) and than the edge spool's replay horizon.
+    dedup_ttl_seconds: int = 24 * 3600
+    event_retention: int = 100_000  # events kept per app stream (approximate trim)
+    max_deliveries: int = 5  # to one consumer group, then the dead-letter stream
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,10 @@ class EdgeConfig:
     core_credential: Secret | None = None
     budget_seconds: float = 4.0
     max_body_bytes: int = 64 * 1024
+    timestamp_window_seconds: int = 300
+    spool_path: str = ".wxplatform/edge-spool.sqlite3"
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_age_seconds: int = 12 * 3600  # replay horizon: older entries are dropped
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,13 @@ def _address(table: _Table, name: str, default: str) -> str:
     return value
 
 
+def _int_range(table: _Table, name: str, default: int, low: int, high: int) -> int:
+    value = table.get(name, int, default)
+    if not low <= value <= high:
+        raise ConfigError(table.key(name), f"must be between {low} and {high}")
+    return value
+
+
 def _positive(table: _Table, name: str, default: float) -> float:
     value = table.get(name, float, default)
     if value <= 0:
@@ -324,6 +339,11 @@ def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Sett
         listen=_address(t, "listen", CoreConfig.listen),
         metrics_listen=_address(t, "metrics_listen", CoreConfig.metrics_listen),
         drain_seconds=_positive(t, "drain_seconds", CoreConfig.drain_seconds),
+        dedup_ttl_seconds=_int_range(
+            t, "dedup_ttl_seconds", CoreConfig.dedup_ttl_seconds, 60, 30 * 86400
+        ),
+        event_retention=_int_range(t, "event_retention", CoreConfig.event_retention, 100, 10**8),
+        max_deliveries=_int_range(t, "max_deliveries", CoreConfig.max_deliveries, 1, 1000),
     )
     t.done()
 
@@ -341,7 +361,22 @@ def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Sett
         core_credential=Secret(credential) if credential else None,
         budget_seconds=budget,
         max_body_bytes=max_body,
+        timestamp_window_seconds=_int_range(
+            t, "timestamp_window_seconds", EdgeConfig.timestamp_window_seconds, 30, 86400
+        ),
+        spool_path=t.get("spool_path", str, EdgeConfig.spool_path),
+        spool_max_bytes=_int_range(
+            t, "spool_max_bytes", EdgeConfig.spool_max_bytes, 1024 * 1024, 1024**4
+        ),
+        spool_max_age_seconds=_int_range(
+            t, "spool_max_age_seconds", EdgeConfig.spool_max_age_seconds, 60, 7 * 86400
+        ),
     )
+    if edge.spool_max_age_seconds >= core.dedup_ttl_seconds:
+        # A replay older than the dedup records could be processed a second time.
+        raise ConfigError(
+            t.key("spool_max_age_seconds"), "must be shorter than core.dedup_ttl_seconds"
+        )
     t.done()
 
     t = root.table("redis")

@@ -11,7 +11,9 @@ edge turns them into HTTP replies in its one `write_error`.
     ├── AppKindMismatch            APP_KIND_MISMATCH
     ├── CallerUnauthenticated      CALLER_UNAUTHENTICATED
     ├── CallerNotAuthorized        CALLER_NOT_AUTHORIZED
+    ├── IdempotentRequestInProgress IDEMPOTENT_REQUEST_IN_PROGRESS
     ├── NotImplementedYet          NOT_IMPLEMENTED
+    ├── ReplayedRequest            REPLAYED_REQUEST
     ├── ShuttingDown               SHUTTING_DOWN
     └── StoreUnavailable           STORE_UNAVAILABLE
 
@@ -29,8 +31,10 @@ __all__ = [
     "CallerNotAuthorized",
     "CallerUnauthenticated",
     "FieldViolation",
+    "IdempotentRequestInProgress",
     "InvalidRequest",
     "NotImplementedYet",
+    "ReplayedRequest",
     "ShuttingDown",
     "StoreUnavailable",
     "WxPlatformError",
@@ -94,10 +98,22 @@ class CallerNotAuthorized(WxPlatformError):
     reason = "CALLER_NOT_AUTHORIZED"
 
 
+class IdempotentRequestInProgress(WxPlatformError):
+    """An earlier request with the same identity is still being processed."""
+
+    reason = "IDEMPOTENT_REQUEST_IN_PROGRESS"
+
+
 class NotImplementedYet(WxPlatformError):
     """An RPC of the API that this server does not implement yet."""
 
     reason = "NOT_IMPLEMENTED"
+
+
+class ReplayedRequest(WxPlatformError):
+    """A push reused an earlier push's timestamp and nonce with a different body."""
+
+    reason = "REPLAYED_REQUEST"
 
 
 class ShuttingDown(WxPlatformError):

@@ -13,9 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from acme.wxplatform.v1 import (
-    event_service_pb2,
-    event_service_pb2_grpc,
     ingress_service_pb2_grpc,
+    session_service_pb2,
+    session_service_pb2_grpc,
     token_service_pb2,
     token_service_pb2_grpc,
 )
@@ -87,15 +87,12 @@ async def test_unimplemented_services_say_so_with_a_reason(redis_client: redis.R
             )
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert error_info(caught.value)[0] == "NOT_IMPLEMENTED"
-        events = event_service_pb2_grpc.EventServiceStub(stack.channel)
-        stream = events.StreamEvents(
-            event_service_pb2.StreamEventsRequest(
-                app_id=app_id, consumer_group="g", consumer_name="c"
-            ),
-            metadata=bearer(TEAM_CREDENTIAL),
-        )
+        sessions = session_service_pb2_grpc.SessionServiceStub(stack.channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stream.read()
+            await sessions.GetSession(
+                session_service_pb2.GetSessionRequest(app_id=app_id, session_token="x"),
+                metadata=bearer(TEAM_CREDENTIAL),
+            )
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

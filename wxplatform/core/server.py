@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from acme.wxplatform.v1 import (
     event_service_pb2,
+    event_service_pb2_grpc,
     ingress_service_pb2,
     ingress_service_pb2_grpc,
     messaging_service_pb2,
@@ -21,13 +22,17 @@ from acme.wxplatform.v1 import (
     session_service_pb2,
     token_service_pb2,
 )
+from wxplatform.clock import Clock, SystemClock
 from wxplatform.config import Settings
 from wxplatform.core import metrics
-from wxplatform.core.adapters.dedup_store import DedupStore
+from wxplatform.core.adapters.event_log import EventLog
+from wxplatform.core.adapters.ingress_store import IngressStore
 from wxplatform.core.metrics import MetricsServer
+from wxplatform.core.servicers.events import EventServicer
 from wxplatform.core.servicers.ingress import IngressServicer
 from wxplatform.core.servicers.interceptors import default_interceptors
 from wxplatform.core.servicers.unimplemented import unimplemented_handler
+from wxplatform.core.services.events import EventService
 from wxplatform.core.services.ingress import IngressService
 
 __all__ = ["API_SERVICES", "CoreServer", "create_server"]
@@ -49,14 +54,11 @@ API_SERVICES = tuple(
 
 # Services whose RPCs are not implemented yet (UNIMPLEMENTED with NOT_IMPLEMENTED).
 _UNIMPLEMENTED = (
-    event_service_pb2.DESCRIPTOR.services_by_name["EventService"],
     messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"],
     token_service_pb2.DESCRIPTOR.services_by_name["TokenService"],
     oauth_service_pb2.DESCRIPTOR.services_by_name["OAuthService"],
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
 )
-
-DEDUP_TTL_SECONDS = 24 * 3600
 
 
 @dataclass
@@ -68,13 +70,21 @@ class CoreServer:
     health: health_aio.HealthServicer
     metrics_server: MetricsServer | None
     drain_seconds: float
+    stopping: asyncio.Event
+    event_log: EventLog
 
     async def stop(self) -> None:
-        """Graceful drain: NOT_SERVING first, then let in-flight RPCs finish."""
+        """Graceful drain: NOT_SERVING first, then let in-flight RPCs finish.
+
+        Event streams end at once with UNAVAILABLE, so their consumers reconnect to a
+        replica that is not draining instead of holding this one for the whole grace.
+        """
         log.info("draining", extra={"grace_s": self.drain_seconds})
         metrics.SERVING.set(0)
+        self.stopping.set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.drain_seconds)
+        await self.event_log.close()
         if self.metrics_server is not None:
             # shutdown() blocks until the server thread notices (up to its 0.5 s poll).
             await asyncio.to_thread(self.metrics_server.close)
@@ -87,15 +97,32 @@ async def create_server(
     *,
     listen: str | None = None,
     serve_metrics: bool = True,
+    clock: Clock | None = None,
 ) -> CoreServer:
     """Build and start core on `listen` (default `[core] listen`; port 0 picks one)."""
-    ingress = IngressService(settings.apps, DedupStore(redis_client, ttl_seconds=DEDUP_TTL_SECONDS))
+    stopping = asyncio.Event()
+    store = IngressStore(
+        redis_client,
+        dedup_ttl_seconds=settings.core.dedup_ttl_seconds,
+        # A (timestamp, nonce) is acceptable for one window either side of its time.
+        nonce_ttl_seconds=2 * settings.edge.timestamp_window_seconds + 60,
+        event_retention=settings.core.event_retention,
+    )
+    ingress = IngressService(settings.apps, store, clock or SystemClock())
+    event_log = EventLog(redis_client, retention=settings.core.event_retention)
+    events = EventService(
+        settings.apps,
+        event_log,
+        max_deliveries=settings.core.max_deliveries,
+        stopping=stopping,
+    )
 
     server = grpc.aio.server(
         interceptors=default_interceptors(settings.callers),
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
     )
     ingress_service_pb2_grpc.add_IngressServiceServicer_to_server(IngressServicer(ingress), server)
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
     server.add_generic_rpc_handlers([unimplemented_handler(s) for s in _UNIMPLEMENTED])
 
     health = health_aio.HealthServicer()
@@ -121,4 +148,6 @@ async def create_server(
         "core serving",
         extra={"port": port, "metrics_port": metrics_server.port if metrics_server else None},
     )
-    return CoreServer(server, port, health, metrics_server, settings.core.drain_seconds)
+    return CoreServer(
+        server, port, health, metrics_server, settings.core.drain_seconds, stopping, event_log
+    )

@@ -1,7 +1,8 @@
-"""Inbound delivery: dedup across replicas, then the app's passive reply."""
+"""Inbound delivery: exactly-once acceptance, reply rules, fan-out and windows."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,8 +11,10 @@ from google.protobuf import json_format
 
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from acme.wxplatform.v1 import passive_reply_pb2 as pr
+from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
-from wxplatform.core.adapters.dedup_store import DedupStore
+from wxplatform.core.adapters.ingress_store import Accepted, IngressStore, ReplayCheck
+from wxplatform.core.services.interactions import windows_opened_by
 from wxplatform.core.services.replies import choose_reply
 from wxplatform.errors import AppNotFound, FieldViolation, InvalidRequest
 
@@ -28,12 +31,12 @@ class Delivered:
 
 
 def dedup_key(message: inbound.InboundMessage) -> str:
-    """The identity of a push, stable across WeChat's retries.
+    """The identity of a push, stable across WeChat's retries and spool replays.
 
     Messages carry a MsgId. Events do not; WeChat suggests FromUserName + CreateTime,
-    but that collides for two real events from one user in one second, so the key
-    adds a digest of every field of the push. A retry repeats the body byte for byte,
-    so it still gets the same key.
+    but that collides for two real events from one user in one second (SDKs that use
+    it silently drop real events), so the key adds a digest of every field of the
+    push. A retry repeats the fields exactly, so it still gets the same key.
     """
     if message.msg_id:
         return f"msg:{message.msg_id}"
@@ -45,9 +48,10 @@ def dedup_key(message: inbound.InboundMessage) -> str:
 class IngressService:
     """Processes each inbound message once and answers every delivery alike."""
 
-    def __init__(self, apps: Mapping[str, AppConfig], dedup: DedupStore) -> None:
+    def __init__(self, apps: Mapping[str, AppConfig], store: IngressStore, clock: Clock) -> None:
         self._apps = apps
-        self._dedup = dedup
+        self._store = store
+        self._clock = clock
 
     async def deliver(
         self, app_id: str, message: inbound.InboundMessage, *, wait_seconds: float
@@ -56,20 +60,46 @@ class IngressService:
         app = self._apps.get(app_id)
         if app is None:
             raise AppNotFound(app_id)
-        if message.app_id != app_id:
-            raise InvalidRequest(FieldViolation("message.app_id", "must equal app_id"))
-        if not message.from_user_name or not message.msg_type:
-            raise InvalidRequest(
-                FieldViolation("message", "from_user_name and msg_type are required")
-            )
+        _validate(app_id, message)
         key = dedup_key(message)
-        claim = await self._dedup.claim(app_id, key, wait_seconds=wait_seconds)
-        if not claim.owned:
-            return Delivered(pr.PassiveReply.FromString(claim.reply or b""), True, key)
+        transport = message.transport
+        replay = (
+            ReplayCheck(transport.signature_timestamp, transport.nonce, transport.body_sha256)
+            if transport.nonce and transport.body_sha256
+            else None
+        )
+        admission = await self._store.admit(app_id, key, replay, wait_seconds=wait_seconds)
+        if not admission.owned:
+            return Delivered(pr.PassiveReply.FromString(admission.reply), True, key)
+        reply = choose_reply(app, message)
+        accepted = Accepted(
+            message=message.SerializeToString(),
+            msg_type=message.msg_type,
+            event=message.event,
+            openid=message.from_user_name,
+            windows=windows_opened_by(app, message),
+            now_ms=int(self._clock.now() * 1000),
+        )
         try:
-            reply = choose_reply(app, message)
+            committed = await self._store.commit(
+                app_id, key, admission, reply.SerializeToString(), accepted
+            )
         except BaseException:
-            await self._dedup.release(app_id, key)
+            # Also on cancellation (the caller's deadline): a retry must not wait out a
+            # claim nobody will complete. Shielded so the cancel cannot cut it short.
+            await asyncio.shield(self._store.release(app_id, key, admission))
             raise
-        await self._dedup.complete(app_id, key, reply.SerializeToString())
-        return Delivered(reply, False, key)
+        # A lost claim means another replica accepted the message; the rules are
+        # deterministic, so the reply is the same either way.
+        return Delivered(reply, committed is None, key)
+
+
+def _validate(app_id: str, message: inbound.InboundMessage) -> None:
+    violations = []
+    if message.app_id != app_id:
+        violations.append(FieldViolation("message.app_id", "must equal app_id"))
+    for name in ("from_user_name", "to_user_name", "msg_type"):
+        if not getattr(message, name):
+            violations.append(FieldViolation(f"message.{name}", "is required"))
+    if violations:
+        raise InvalidRequest(violations)

@@ -64,6 +64,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The delivery record does not exist or has expired (NOT_FOUND)."""
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 15
     """The server is shutting down; retry on another replica (UNAVAILABLE)."""
+    ERROR_REASON_REPLAYED_REQUEST: _ErrorReason.ValueType  # 16
+    """A push reused the `timestamp` and `nonce` of an earlier push with a
+    different body: a replayed signature, not a WeChat retry
+    (PERMISSION_DENIED).
+    """
     ERROR_REASON_WINDOW_CLOSED: _ErrorReason.ValueType  # 20
     """--- Customer-service window (checked before calling WeChat) ---
 
@@ -207,6 +212,11 @@ ERROR_REASON_DELIVERY_NOT_FOUND: ErrorReason.ValueType  # 14
 """The delivery record does not exist or has expired (NOT_FOUND)."""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 15
 """The server is shutting down; retry on another replica (UNAVAILABLE)."""
+ERROR_REASON_REPLAYED_REQUEST: ErrorReason.ValueType  # 16
+"""A push reused the `timestamp` and `nonce` of an earlier push with a
+different body: a replayed signature, not a WeChat retry
+(PERMISSION_DENIED).
+"""
 ERROR_REASON_WINDOW_CLOSED: ErrorReason.ValueType  # 20
 """--- Customer-service window (checked before calling WeChat) ---
 

@@ -365,6 +365,9 @@ class InboundTransport(_message.Message):
     ENCRYPTION_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     SPOOL_REPLAYS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_TIMESTAMP_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    BODY_SHA256_FIELD_NUMBER: _builtins.int
     encryption: Global___EncryptionMode.ValueType
     """The encryption mode the push used."""
     format: Global___DataFormat.ValueType
@@ -373,16 +376,28 @@ class InboundTransport(_message.Message):
     """When the message was replayed from the edge's durable spool (core was
     unreachable when it arrived), the number of replay attempts so far.
     """
+    signature_timestamp: _builtins.int
+    """The push's `timestamp` query parameter (Unix seconds). With `nonce` and
+    `body_sha256` it lets core tell a WeChat retry (same body) from a captured
+    signature replayed with another body.
+    """
+    nonce: _builtins.str
+    """The push's `nonce` query parameter."""
+    body_sha256: _builtins.str
+    """SHA-256 (lowercase hex) of the HTTP body as received."""
     def __init__(
         self,
         *,
         encryption: Global___EncryptionMode.ValueType = ...,
         format: Global___DataFormat.ValueType = ...,
         spool_replays: _builtins.int = ...,
+        signature_timestamp: _builtins.int = ...,
+        nonce: _builtins.str = ...,
+        body_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encryption", b"encryption", "format", b"format", "spool_replays", b"spool_replays"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_sha256", b"body_sha256", "encryption", b"encryption", "format", b"format", "nonce", b"nonce", "signature_timestamp", b"signature_timestamp", "spool_replays", b"spool_replays"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,176 @@
+"""EventService through the generated stub: groups, sharing, redelivery, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import grpc
+import pytest
+import redis.asyncio as redis
+from google.protobuf import duration_pb2
+
+from acme.wxplatform.v1 import event_service_pb2 as ev
+from acme.wxplatform.v1 import event_service_pb2_grpc, ingress_service_pb2_grpc
+from tests.core.helpers import deliver_request, text_message
+from tests.support import (
+    EDGE_CREDENTIAL,
+    TEAM_CREDENTIAL,
+    Stack,
+    app_table,
+    bearer,
+    error_info,
+    make_settings,
+    new_app_id,
+    running_stack,
+)
+from wxplatform.core.adapters.redis_keys import app_key
+
+
+@pytest.fixture
+async def stack(redis_client: redis.Redis) -> AsyncIterator[Stack]:
+    settings = make_settings(app_table(new_app_id()), core={"max_deliveries": 2})
+    async with running_stack(settings, redis_client) as running:
+        yield running
+
+
+def the_app(stack: Stack) -> str:
+    (app_id,) = stack.settings.apps
+    return app_id
+
+
+def subscribe(stack: Stack, group: str, consumer: str, **extra: Any) -> Any:
+    stub = event_service_pb2_grpc.EventServiceStub(stack.channel)
+    request = ev.StreamEventsRequest(
+        app_id=the_app(stack),
+        consumer_group=group,
+        consumer_name=consumer,
+        start_position=ev.START_POSITION_EARLIEST,
+        **extra,
+    )
+    return stub.StreamEvents(request, metadata=bearer(TEAM_CREDENTIAL))
+
+
+async def deliver(stack: Stack, *contents: str, first_id: int = 1) -> None:
+    stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
+    for offset, content in enumerate(contents):
+        message = text_message(the_app(stack), content, str(first_id + offset))
+        await stub.DeliverMessage(deliver_request(message), metadata=bearer(EDGE_CREDENTIAL))
+
+
+async def read(stream: Any, count: int, timeout: float = 10) -> list[ev.StreamEventsResponse]:
+    async def take() -> list[ev.StreamEventsResponse]:
+        return [await stream.read() for _ in range(count)]
+
+    return await asyncio.wait_for(take(), timeout)
+
+
+async def ack(stack: Stack, group: str, *event_ids: str) -> int:
+    stub = event_service_pb2_grpc.EventServiceStub(stack.channel)
+    response = await stub.AckEvents(
+        ev.AckEventsRequest(app_id=the_app(stack), consumer_group=group, event_ids=event_ids),
+        metadata=bearer(TEAM_CREDENTIAL),
+    )
+    return int(response.acknowledged_count)
+
+
+async def test_every_group_gets_every_event(stack: Stack) -> None:
+    await deliver(stack, "one", "two", "three")
+    billing, audit = subscribe(stack, "billing", "b1"), subscribe(stack, "audit", "a1")
+    for stream in (billing, audit):
+        events = await read(stream, 3)
+        assert [e.message.text.content for e in events] == ["one", "two", "three"]
+        assert all(e.delivery_count == 1 for e in events)
+        assert events[0].append_time.seconds > 0
+        stream.cancel()
+
+
+async def test_consumers_of_one_group_share_the_events(stack: Stack) -> None:
+    first = subscribe(stack, "workers", "w1", max_in_flight=2)
+    second = subscribe(stack, "workers", "w2", max_in_flight=2)
+    await asyncio.sleep(0)  # both streams open; events may land on either
+    await deliver(stack, *(f"job {n}" for n in range(4)))
+    got = await read(first, 2) + await read(second, 2)
+    assert sorted(e.message.text.content for e in got) == [f"job {n}" for n in range(4)]
+    assert len({e.event_id for e in got}) == 4
+    first.cancel()
+    second.cancel()
+
+
+async def test_unacknowledged_events_come_back_then_go_to_dead_letters(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    await deliver(stack, "fragile", "fine")
+    one_second = duration_pb2.Duration(seconds=1)
+    stream = subscribe(stack, "flaky", "f1", visibility_timeout=one_second)
+    first = await read(stream, 2)
+    assert await ack(stack, "flaky", first[1].event_id) == 1  # "fine" is done
+    again = await read(stream, 1)  # "fragile" comes back after the visibility timeout
+    assert again[0].event_id == first[0].event_id
+    assert again[0].delivery_count == 2
+    # A third delivery would exceed max_deliveries=2: it goes to the dead-letter stream.
+    dead_key = app_key(the_app(stack), "events", "dead")
+    for _ in range(100):
+        if await redis_client.xlen(dead_key):
+            break
+        await asyncio.sleep(0.1)
+    ((_, fields),) = cast(
+        list[tuple[bytes, dict[bytes, bytes]]], await redis_client.xrange(dead_key)
+    )
+    assert fields[b"event_id"].decode() == first[0].event_id
+    assert fields[b"group"] == b"flaky"
+    stream.cancel()
+    assert await ack(stack, "flaky", first[0].event_id) == 0  # no longer pending
+
+
+async def test_filters_select_by_msg_type_or_event(stack: Stack) -> None:
+    await deliver(stack, "text one")
+    stream = subscribe(stack, "images-only", "i1", msg_types=["image"], events=["subscribe"])
+    with pytest.raises(TimeoutError):
+        await read(stream, 1, timeout=1.5)
+    stream.cancel()
+    texts = subscribe(stack, "texts", "t1", msg_types=["text"])
+    assert [e.message.text.content for e in await read(texts, 1)] == ["text one"]
+    texts.cancel()
+
+
+async def test_bad_names_and_ids_are_invalid_arguments(stack: Stack) -> None:
+    stream = subscribe(stack, "bad group!", "c1")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value)[0] == "INVALID_CONSUMER_GROUP"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ack(stack, "ok-group", "not-an-id")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await ack(stack, "never-created", "1-0") == 0
+
+
+async def test_draining_ends_streams_with_unavailable(redis_client: redis.Redis) -> None:
+    settings = make_settings(app_table(new_app_id()))
+    async with running_stack(settings, redis_client) as stack:
+        stream = subscribe(stack, "g", "c")
+        await deliver(stack, "before drain")
+        await read(stream, 1)
+        stopping = asyncio.create_task(stack.core.stop())
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(stream.read(), 10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        await stopping
+
+
+async def test_one_group_served_by_two_replicas(redis_client: redis.Redis) -> None:
+    settings = make_settings(app_table(new_app_id()))
+    async with (
+        running_stack(settings, redis_client) as one,
+        running_stack(settings, redis_client) as two,
+    ):
+        on_one = subscribe(one, "shared", "r1", max_in_flight=3)
+        on_two = subscribe(two, "shared", "r2", max_in_flight=3)
+        await deliver(one, *(f"m{n}" for n in range(3)), first_id=100)
+        await deliver(two, *(f"m{n}" for n in range(3, 6)), first_id=103)
+        got = await read(on_one, 3) + await read(on_two, 3)
+        assert sorted(e.message.text.content for e in got) == [f"m{n}" for n in range(6)]
+        on_one.cancel()
+        on_two.cancel()
