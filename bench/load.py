@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import CpuMeter
 from bench.pushes import Push, PushFactory
 from bench.spec import REPLY, BenchSpec, Mode
 from bench.stats import PhaseResult
@@ -47,7 +48,7 @@ __all__ = [
 _HEAD_END = b"\r\n\r\n"
 _CONTENT_LENGTH = b"\r\ncontent-length:"
 _MAX_SAMPLES = 400  # replies kept per phase for checking after the clock stops
-_DRAIN_SECONDS = 10.0  # how long the open loop waits for late answers at the end
+_DRAIN_SECONDS = 5.0  # how long the open loop waits for late answers at the end
 _SLACK_SECONDS = 30.0  # bound on a closed loop beyond its planned duration
 
 
@@ -136,6 +137,32 @@ def _error_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _Meters:
+    """CPU of the server under test and of this load process over the measured window."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server = CpuMeter([server_pid] if server_pid is not None else [])
+        self.load = CpuMeter([os.getpid()])
+
+    def window(self, starts_in: float, lasts: float) -> None:
+        """Take the marks `starts_in` seconds from now and `lasts` seconds later."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(0.0, starts_in), self._mark_start)
+        loop.call_later(max(0.0, starts_in + lasts), self._mark_stop)
+
+    def _mark_start(self) -> None:
+        self.server.start()
+        self.load.start()
+
+    def _mark_stop(self) -> None:
+        self.server.stop()
+        self.load.stop()
+
+    def record(self, result: PhaseResult) -> None:
+        result.server_cpu = self.server.cores()
+        result.load_cpu = self.load.cores()
+
+
 async def closed_loop(
     host: str,
     port: int,
@@ -145,15 +172,18 @@ async def closed_loop(
     connections: int,
     warmup: float,
     duration: float,
+    server_pid: int | None = None,
 ) -> PhaseResult:
     """Max throughput: `connections` keep-alive clients back to back, then the window."""
     result = PhaseResult("closed", connections, 0.0, duration, built=len(pushes))
     recorder = _recorder(app, len(pushes))
+    meters = _Meters(server_pid)
     cursor = iter(range(len(pushes)))
     clock = time.perf_counter
     started = clock()
     window_start = started + warmup
     window_end = window_start + duration
+    meters.window(warmup, duration)
 
     async def client() -> None:
         conn: HttpConnection | None = None
@@ -190,6 +220,7 @@ async def closed_loop(
             recorder.error(_error_name(task.exception() or Exception()))
     result.errors = recorder.errors
     result.summarize(recorder.latencies, duration)
+    meters.record(result)
     verify_samples(app, pushes, recorder.samples, result)
     return result
 
@@ -249,6 +280,7 @@ async def open_loop(
     warmup: float,
     duration: float,
     max_connections: int = 256,
+    server_pid: int | None = None,
 ) -> PhaseResult:
     """A fixed arrival rate for a warm-up and a window; latency from each push's due time."""
     total = min(len(pushes), int(rate * (warmup + duration)))
@@ -257,6 +289,7 @@ async def open_loop(
     result.exhausted = total < int(rate * (warmup + duration))
     recorder = _recorder(app, total)
     pool = _Pool(host, port, max_connections)
+    meters = _Meters(server_pid)
     clock = time.perf_counter
     last_done = 0.0
 
@@ -286,6 +319,7 @@ async def open_loop(
     interval = 1.0 / rate
     t0 = clock() + 0.01
     window_start = t0 + first_measured * interval
+    meters.window(window_start - clock(), duration)
     tasks: set[asyncio.Task[None]] = set()
     index = 0
     while index < total:
@@ -304,6 +338,7 @@ async def open_loop(
     result.connections = pool.peak
     result.errors = recorder.errors
     result.summarize(recorder.latencies, max(duration, last_done - window_start))
+    meters.record(result)
     verify_samples(app, pushes, recorder.samples, result)
     return result
 
@@ -338,7 +373,7 @@ class PhaseSpec:
     duration: float
     connections: int = 16
     rate: float = 1000.0
-    max_rate: float = 8000.0  # closed loop: pushes are pre-built for at most this rate
+    max_rate: float = 5000.0  # closed loop: pushes are pre-built for at most this rate
 
     def push_count(self) -> int:
         """How many pushes to pre-build for this phase."""
@@ -355,7 +390,8 @@ class LoadJob:
     host: str
     port: int
     phases: tuple[PhaseSpec, ...]
-    cpu: int | None = None
+    cpu: int | None = None  # pin the load process to this CPU
+    server_pid: int | None = None  # to report the server's CPU use
 
     def to_json(self) -> str:
         """Serialized for the load process's stdin."""
@@ -366,6 +402,7 @@ class LoadJob:
             "port": self.port,
             "phases": [vars(p) for p in self.phases],
             "cpu": self.cpu,
+            "server_pid": self.server_pid,
         }
         return json.dumps(data)
 
@@ -388,11 +425,13 @@ async def run_job(job: LoadJob) -> list[PhaseResult]:
             result = await closed_loop(
                 job.host, job.port, app, pushes,
                 connections=phase.connections, warmup=phase.warmup, duration=phase.duration,
+                server_pid=job.server_pid,
             )  # fmt: skip
         else:
             result = await open_loop(
                 job.host, job.port, app, pushes,
                 rate=phase.rate, warmup=phase.warmup, duration=phase.duration,
+                server_pid=job.server_pid,
             )  # fmt: skip
         results.append(result)
     return results

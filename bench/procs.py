@@ -62,6 +62,7 @@ class ServerProcess:
         self.workdir = workdir
         self.log_path = workdir / f"{kind}.log"
         self.port = 0
+        self.pid = 0
         self._args = [
             sys.executable, "-m", "bench.serve", kind,
             "--spec", str(spec_path), "--workdir", str(workdir),
@@ -80,6 +81,7 @@ class ServerProcess:
         self._process = subprocess.Popen(
             self._args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log
         )
+        self.pid = self._process.pid
         line = self._read_ready_line()
         self.port = int(json.loads(line)["port"])
         return self.port

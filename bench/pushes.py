@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from bench.spec import KEYWORD
 from wxplatform.config import AppConfig
@@ -33,6 +33,10 @@ class Push:
     wire: bytes
     openid: str
     to_user: str
+
+
+_OPENID_MARK = "OPENIDMARK"
+_MSG_ID_MARK = 7_070_707_070_707_070_707  # an int, so render_xml writes it bare like a MsgId
 
 
 def _random_prefix() -> bytes:
@@ -64,31 +68,54 @@ class PushFactory:
         self._nonce_base = 100_000_000 + secrets.randbelow(1_000_000_000)
         self._next = 0
 
-    def build_one(self, *, timestamp: int, nonce: str, msg_id: int, openid: str) -> Push:
+    def _templates(self, timestamp: int) -> tuple[str, str, str]:
+        """The plaintext body around the openid and the MsgId, rendered by `render_xml`."""
+        fields = text_message(self._to_user, _OPENID_MARK, KEYWORD, _MSG_ID_MARK, timestamp)
+        head, rest = render_xml(fields).decode().split(_OPENID_MARK)
+        middle, tail = rest.split(str(_MSG_ID_MARK))
+        return head, middle, tail
+
+    def build_one(
+        self,
+        *,
+        timestamp: int,
+        nonce: str,
+        msg_id: int,
+        openid: str,
+        templates: tuple[str, str, str] | None = None,
+    ) -> Push:
         """One push, signed (and in safe mode encrypted) as WeChat would send it."""
+        if not openid.isalnum() or not nonce.isdigit():
+            raise ValueError("openid and nonce must need no URL escaping")
+        head, middle, tail = templates or self._templates(timestamp)
         ts = str(timestamp)
-        fields = text_message(self._to_user, openid, KEYWORD, msg_id, timestamp)
-        query = {"signature": sign(self._token, ts, nonce), "timestamp": ts, "nonce": nonce}
-        query["openid"] = openid
-        body = render_xml(fields)
-        if self._crypto is not None:
-            encrypt = self._crypto.encrypt(body.decode(), random_prefix=self._random_prefix())
-            query["encrypt_type"] = "aes"
-            query["msg_signature"] = sign(self._token, ts, nonce, encrypt)
-            body = render_xml({"ToUserName": self._to_user, "Encrypt": encrypt})
-        head = (
-            f"POST {self._path}?{urlencode(query)} HTTP/1.1\r\n"
+        plain = f"{head}{openid}{middle}{msg_id}{tail}"
+        # The same query, in the same order, as `build_push`; no value needs escaping.
+        query = f"signature={sign(self._token, ts, nonce)}&timestamp={ts}&nonce={nonce}"
+        query += f"&openid={openid}"
+        if self._crypto is None:
+            body = plain.encode()
+        else:
+            encrypt = self._crypto.encrypt(plain, random_prefix=self._random_prefix())
+            query += f"&encrypt_type=aes&msg_signature={sign(self._token, ts, nonce, encrypt)}"
+            body = (
+                f"<xml><ToUserName><![CDATA[{self._to_user}]]></ToUserName>"
+                f"<Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+            ).encode()
+        head_bytes = (
+            f"POST {self._path}?{query} HTTP/1.1\r\n"
             f"Host: {self._host}\r\n"
             "Content-Type: text/xml\r\n"
             "User-Agent: Mozilla/4.0\r\n"
             "Accept: */*\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        return Push(head.encode() + body, openid, self._to_user)
+        ).encode()
+        return Push(head_bytes + body, openid, self._to_user)
 
     def build(self, count: int) -> list[Push]:
         """`count` fresh pushes stamped with the current time."""
         timestamp = int(time.time())
+        templates = self._templates(timestamp)
         pushes = []
         for _ in range(count):
             n = self._next
@@ -99,6 +126,7 @@ class PushFactory:
                     nonce=str(self._nonce_base + n),
                     msg_id=self._msg_id_base + n,
                     openid=f"oBench{n % self._users:022d}",
+                    templates=templates,
                 )
             )
         return pushes

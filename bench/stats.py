@@ -45,6 +45,8 @@ class PhaseResult:
     invalid_reason: str | None = None
     exhausted: bool = False  # the pre-built pushes ran out before the window ended
     built: int = 0
+    server_cpu: float | None = None  # cores used by the server (and its children)
+    load_cpu: float | None = None  # cores used by the load generator
 
     @property
     def error_count(self) -> int:

@@ -1,34 +1,52 @@
-"""The edge's composition root: `make_app` wires config, crypto and the core client."""
+"""The edge's composition root: `make_app` wires config, crypto, core client and spool."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
 from edge.core_client import CoreClient
-from edge.handlers import CallbackHandler, HealthHandler, InFlight, MetricsHandler
+from edge.handlers import CallbackDeps, CallbackHandler, HealthHandler, InFlight, MetricsHandler
+from edge.replayer import Replayer
+from edge.spool import Spool
 from wxplatform.clock import Clock, SystemClock
-from wxplatform.config import Settings
+from wxplatform.config import Settings, split_address
 from wxplatform.wechat.crypto import MessageCrypto
 
 __all__ = ["EdgeServer", "make_app", "start_edge"]
 
 log = logging.getLogger("wxplatform.edge")
 
+# Tornado's own request-size limit stays out of the way: the callback handler enforces
+# the configured cap itself and answers 413 (Tornado would answer a bare 400).
+_TORNADO_BODY_LIMIT = 1 << 30
 
-def make_app(
-    settings: Settings,
-    core: CoreClient,
-    *,
-    clock: Clock | None = None,
-    in_flight: InFlight | None = None,
-) -> tornado.web.Application:
-    """The Tornado application for `settings`, delivering to `core`."""
-    cryptos = {
+
+def make_app(settings: Settings, deps: CallbackDeps) -> tornado.web.Application:
+    """The Tornado application for `settings`."""
+    return tornado.web.Application(
+        [
+            (r"/wx/(?P<app_id>[^/]+)", CallbackHandler, {"deps": deps}),
+            (r"/healthz", HealthHandler),
+            (r"/metrics", MetricsHandler),
+        ],
+        default_handler_class=_NotFound,
+        compress_response=False,
+        xsrf_cookies=False,
+        # Handlers log one access line each, with the path only: query strings carry
+        # signatures and openids, which do not belong in logs.
+        log_function=lambda handler: None,
+    )
+
+
+def message_cryptos(settings: Settings) -> dict[str, MessageCrypto]:
+    """One `MessageCrypto` per app that has an EncodingAESKey."""
+    return {
         app.app_id: MessageCrypto(
             app.app_id,
             app.encoding_aes_key.reveal(),
@@ -37,24 +55,6 @@ def make_app(
         for app in settings.apps.values()
         if app.encoding_aes_key is not None
     }
-    callback = {
-        "apps": settings.apps,
-        "cryptos": cryptos,
-        "core": core,
-        "clock": clock or SystemClock(),
-        "budget_seconds": settings.edge.budget_seconds,
-        "in_flight": in_flight or InFlight(),
-    }
-    return tornado.web.Application(
-        [
-            (r"/wx/(?P<app_id>[^/]+)", CallbackHandler, callback),
-            (r"/healthz", HealthHandler),
-            (r"/metrics", MetricsHandler),
-        ],
-        default_handler_class=_NotFound,
-        compress_response=False,
-        xsrf_cookies=False,
-    )
 
 
 class _NotFound(HealthHandler):
@@ -65,36 +65,57 @@ class _NotFound(HealthHandler):
 
 @dataclass
 class EdgeServer:
-    """A started edge: its HTTP server, bound port and core client."""
+    """A started edge: HTTP server, bound port, core client, spool and its replayer."""
 
     http: tornado.httpserver.HTTPServer
     port: int
-    core: CoreClient
-
-    in_flight: InFlight
+    deps: CallbackDeps
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Stop accepting, let in-flight pushes finish, then close the core channel."""
+        """Stop accepting, let in-flight pushes finish, stop replaying, close everything."""
         self.http.stop()
-        if not await self.in_flight.drained(grace_seconds):
+        if not await self.deps.in_flight.drained(grace_seconds):
             log.warning("in-flight pushes did not finish within the grace period")
+        await self.deps.replayer.stop()
         await self.http.close_all_connections()
-        await self.core.close()
+        await self.deps.core.close()
+        await self.deps.spool.close()
 
 
 async def start_edge(
     settings: Settings, *, listen: str | None = None, clock: Clock | None = None
 ) -> EdgeServer:
     """Build and start the edge on `listen` (default `[edge] listen`; port 0 picks one)."""
-    core = CoreClient(settings.edge.core_target, settings.edge.core_credential)
-    in_flight = InFlight()
-    app = make_app(settings, core, clock=clock, in_flight=in_flight)
-    host, _, port = (listen or settings.edge.listen).rpartition(":")
-    sockets = tornado.netutil.bind_sockets(int(port), address=host)
+    edge = settings.edge
+    clock = clock or SystemClock()
+    core = CoreClient(edge.core_target, edge.core_credential)
+    spool = Spool(Path(edge.spool_path), max_bytes=edge.spool_max_bytes)
+    await spool.open()
+    replayer = Replayer(spool, core, clock, max_age_seconds=edge.spool_max_age_seconds)
+    deps = CallbackDeps(
+        apps=settings.apps,
+        cryptos=message_cryptos(settings),
+        core=core,
+        spool=spool,
+        replayer=replayer,
+        clock=clock,
+        in_flight=InFlight(),
+        budget_seconds=edge.budget_seconds,
+        max_body_bytes=edge.max_body_bytes,
+        timestamp_window_seconds=edge.timestamp_window_seconds,
+    )
+    host, port = split_address(listen or edge.listen)
+    sockets = tornado.netutil.bind_sockets(port, address=host)
     http = tornado.httpserver.HTTPServer(
-        app, max_body_size=settings.edge.max_body_bytes, idle_connection_timeout=60
+        make_app(settings, deps),
+        max_body_size=_TORNADO_BODY_LIMIT,
+        max_header_size=16 * 1024,
+        # A push body trickling in slower than the budget cannot be answered in time.
+        body_timeout=edge.budget_seconds,
+        idle_connection_timeout=60,
     )
     http.add_sockets(sockets)
+    replayer.start()
     bound = int(sockets[0].getsockname()[1])
-    log.info("edge serving", extra={"port": bound, "core": settings.edge.core_target})
-    return EdgeServer(http, bound, core, in_flight)
+    log.info("edge serving", extra={"port": bound, "core": edge.core_target})
+    return EdgeServer(http, bound, deps)

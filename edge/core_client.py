@@ -1,16 +1,38 @@
-"""The edge's gRPC client for core: generated stub, credential, request id, deadline."""
+"""The edge's gRPC client for core: generated stub, credential, request id, deadline.
+
+Failures split in two: `CoreRejected` when core refuses this message for good (a
+replayed signature, a malformed message), and `CoreUnavailable` for everything else
+(down, slow, draining, misconfigured): those messages go to the spool and are retried.
+"""
 
 from __future__ import annotations
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from acme.wxplatform.v1 import inbound_message_pb2, ingress_service_pb2, ingress_service_pb2_grpc
 from edge import metrics
-from edge.errors import CoreUnavailable
+from edge.errors import CoreRejected, CoreUnavailable
 from wxplatform.config import Secret
 from wxplatform.logs import REQUEST_ID_METADATA
 
 __all__ = ["CoreClient"]
+
+# Core's verdicts that replaying later cannot change: status code → (reason → HTTP status).
+_FINAL = {
+    (grpc.StatusCode.PERMISSION_DENIED, "REPLAYED_REQUEST"): 403,
+    (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"): 400,
+}
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    return ""
 
 
 class CoreClient:
@@ -33,7 +55,7 @@ class CoreClient:
     async def deliver(
         self, message: inbound_message_pb2.InboundMessage, *, timeout: float, request_id: str
     ) -> ingress_service_pb2.DeliverMessageResponse:
-        """Deliver one message; any failure becomes `CoreUnavailable` (WeChat will retry)."""
+        """Deliver one message; raises `CoreRejected` or `CoreUnavailable` on failure."""
         if timeout <= 0:
             metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
             raise CoreUnavailable("core_deadline", "no time left in the budget")
@@ -44,8 +66,13 @@ class CoreClient:
                 metadata=((REQUEST_ID_METADATA, request_id), *self._auth),
             )
         except grpc.aio.AioRpcError as exc:
-            metrics.CORE_CALLS.labels(exc.code().name).inc()
-            raise CoreUnavailable(f"core_{exc.code().name.lower()}", exc.details() or "") from None
+            code = exc.code()
+            metrics.CORE_CALLS.labels(code.name).inc()
+            reason = _reason(exc)
+            status = _FINAL.get((code, reason))
+            if status is not None:
+                raise CoreRejected(reason.lower(), exc.details() or "", status=status) from None
+            raise CoreUnavailable(f"core_{code.name.lower()}", exc.details() or "") from None
         metrics.CORE_CALLS.labels("OK").inc()
         return response
 

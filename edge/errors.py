@@ -6,7 +6,9 @@
     ├── SignatureMismatch    403  signature or msg_signature does not verify
     ├── BadPayload           400  unsafe or malformed body, undecryptable ciphertext
     ├── PayloadTooLarge      413  body over the configured cap
-    └── CoreUnavailable      503  core could not answer in time (WeChat retries)
+    ├── LengthRequired       411  a push without Content-Length (WeChat always sends one)
+    ├── CoreRejected         403/400  core refused the message for good (replay, malformed)
+    └── CoreUnavailable      503  core unreachable and the spool cannot take the push either
 
 Every rejection has a short `reason` label for the metric and the log line; the HTTP
 body never says more than the status text, and never carries a stack trace.
@@ -17,8 +19,10 @@ from __future__ import annotations
 __all__ = [
     "BadParameters",
     "BadPayload",
+    "CoreRejected",
     "CoreUnavailable",
     "EdgeRejection",
+    "LengthRequired",
     "PayloadTooLarge",
     "SignatureMismatch",
     "UnknownApp",
@@ -66,7 +70,21 @@ class PayloadTooLarge(EdgeRejection):
     status = 413
 
 
+class LengthRequired(EdgeRejection):
+    """A push without Content-Length: refused before reading, so the size cap holds."""
+
+    status = 411
+
+
+class CoreRejected(EdgeRejection):
+    """Core refused this message for good; spooling it would not help."""
+
+    def __init__(self, reason: str, detail: str = "", *, status: int) -> None:
+        super().__init__(reason, detail)
+        self.status = status
+
+
 class CoreUnavailable(EdgeRejection):
-    """Core did not answer in time or is unreachable."""
+    """Core did not answer in time or is unreachable (the push is spooled)."""
 
     status = 503

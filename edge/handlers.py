@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
+from acme.wxplatform.v1 import passive_reply_pb2 as pr
 from edge import metrics
 from edge.core_client import CoreClient
 from edge.errors import (
     BadParameters,
     BadPayload,
+    CoreUnavailable,
     EdgeRejection,
+    LengthRequired,
+    PayloadTooLarge,
     SignatureMismatch,
     UnknownApp,
 )
 from edge.normalize import normalize
+from edge.replayer import Replayer
 from edge.replies import reply_fields
+from edge.spool import Spool, SpoolUnavailable
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.logs import REQUEST_ID_HEADER, new_request_id, request_id
@@ -31,7 +39,14 @@ from wxplatform.wechat.crypto import CryptoError, MessageCrypto
 from wxplatform.wechat.payload import MalformedPayload, Payload, parse_json, parse_xml, render_xml
 from wxplatform.wechat.signature import sign, signature_matches
 
-__all__ = ["CallbackHandler", "EdgeHandler", "HealthHandler", "InFlight", "MetricsHandler"]
+__all__ = [
+    "CallbackDeps",
+    "CallbackHandler",
+    "EdgeHandler",
+    "HealthHandler",
+    "InFlight",
+    "MetricsHandler",
+]
 
 log = logging.getLogger("wxplatform.edge")
 
@@ -114,52 +129,70 @@ class EdgeHandler(tornado.web.RequestHandler):
         )
 
 
-class CallbackHandler(EdgeHandler):
-    """`GET /wx/{app_id}` (URL verification) and `POST /wx/{app_id}` (pushes)."""
+@dataclass(frozen=True)
+class CallbackDeps:
+    """What the callback handler needs, injected through `initialize`."""
 
-    def initialize(
-        self,
-        *,
-        apps: Mapping[str, AppConfig],
-        cryptos: Mapping[str, MessageCrypto],
-        core: CoreClient,
-        clock: Clock,
-        budget_seconds: float,
-        in_flight: InFlight,
-    ) -> None:
-        self.in_flight = in_flight
-        self._counted = False
-        self.apps = apps
-        self.cryptos = cryptos
-        self.core = core
-        self.clock = clock
-        self.budget_seconds = budget_seconds
+    apps: Mapping[str, AppConfig]
+    cryptos: Mapping[str, MessageCrypto]
+    core: CoreClient
+    spool: Spool
+    replayer: Replayer
+    clock: Clock
+    in_flight: InFlight
+    budget_seconds: float
+    max_body_bytes: int
+    timestamp_window_seconds: int
+
+
+# Time kept back from core's deadline so that spooling still fits in WeChat's 5 s.
+_SPOOL_RESERVE = 0.3
+_SIGNATURE_PARAMS = ("signature", "timestamp", "nonce")
+
+
+@tornado.web.stream_request_body
+class CallbackHandler(EdgeHandler):
+    """`GET /wx/{app_id}` (URL verification) and `POST /wx/{app_id}` (pushes).
+
+    The body is streamed so the size cap holds before anything is buffered: a push
+    must declare its length (WeChat's always do), and one over the cap is refused
+    with 413 without reading it.
+    """
+
+    def initialize(self, deps: CallbackDeps) -> None:
+        self.deps = deps
+        self._body: list[bytes] = []
+        self._size = 0
 
     def prepare(self) -> None:
         super().prepare()
-        self.in_flight.enter()
-        self._counted = True
+        if self.request.method != "POST":
+            return
+        length = self.request.headers.get("Content-Length")
+        if length is None:
+            raise LengthRequired("length_required")
+        if not length.isdigit() or int(length) > self.deps.max_body_bytes:
+            raise PayloadTooLarge("body_too_large", f"{length} bytes")
 
-    def _leave(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.in_flight.leave()
-
-    def on_connection_close(self) -> None:
-        self._leave()
+    def data_received(self, chunk: bytes) -> None:
+        # Content-Length bounds the body (checked in prepare); this guards the invariant.
+        self._size += len(chunk)
+        if self._size <= self.deps.max_body_bytes:
+            self._body.append(chunk)
 
     def on_finish(self) -> None:
-        self._leave()
         app_id = self.path_kwargs.get("app_id", "")
-        label = app_id if app_id in self.apps else "unknown"
+        label = app_id if app_id in self.deps.apps else "unknown"
         metrics.CALLBACKS.labels(label, self.request.method, str(self.get_status())).inc()
         metrics.CALLBACK_DURATION.labels(self.request.method).observe(
             time.perf_counter() - self.started
         )
         super().on_finish()
 
+    # --- verification -------------------------------------------------------------
+
     def _app(self, app_id: str) -> AppConfig:
-        app = self.apps.get(app_id)
+        app = self.deps.apps.get(app_id)
         if app is None:
             raise UnknownApp("unknown_app")
         return app
@@ -183,56 +216,109 @@ class CallbackHandler(EdgeHandler):
                 raise BadParameters("bad_param", name) from None
         return out
 
+    def _check_timestamp(self, params: Mapping[str, str]) -> int:
+        """The timestamp, if within the window around now (retries reuse the original)."""
+        raw = params["timestamp"]
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+            raise BadParameters("bad_timestamp")
+        timestamp = int(raw)
+        if abs(self.deps.clock.now() - timestamp) > self.deps.timestamp_window_seconds:
+            raise SignatureMismatch("stale_timestamp")
+        return timestamp
+
     def _verify(self, app: AppConfig, params: Mapping[str, str], *extra: str) -> None:
         expected = sign(app.token.reveal(), params["timestamp"], params["nonce"], *extra)
         provided = params["msg_signature"] if extra else params["signature"]
         if not signature_matches(expected, provided):
             raise SignatureMismatch("bad_msg_signature" if extra else "bad_signature")
 
+    # --- GET: URL verification ----------------------------------------------------
+
     async def get(self, app_id: str) -> None:
         app = self._app(app_id)
-        params = self._params(("signature", "timestamp", "nonce", "echostr"))
+        params = self._params((*_SIGNATURE_PARAMS, "echostr"))
+        self._check_timestamp(params)
         # The handshake is always plaintext-signed, whatever the app's encryption mode.
         self._verify(app, params)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(params["echostr"])
 
+    # --- POST: pushes -------------------------------------------------------------
+
     async def post(self, app_id: str) -> None:
-        deadline = self.started + self.budget_seconds
+        self.deps.in_flight.enter()
+        try:
+            await self._push(app_id)
+        finally:
+            self.deps.in_flight.leave()
+
+    async def _push(self, app_id: str) -> None:
+        deadline = self.started + self.deps.budget_seconds
         app = self._app(app_id)
-        params = self._params(
-            ("signature", "timestamp", "nonce"), ("encrypt_type", "msg_signature", "openid")
-        )
+        params = self._params(_SIGNATURE_PARAMS, ("encrypt_type", "msg_signature", "openid"))
+        timestamp = self._check_timestamp(params)
         encrypted = params.get("encrypt_type", "raw") == "aes"
-        fields, key_index = self._open(app, params, encrypted)
+        body = b"".join(self._body)
+        fields, key_index = self._open(app, params, body, encrypted)
+        if "MsgType" not in fields and fields.get("action") == "CheckContainerPath":
+            self._no_reply()  # WeChat cloud hosting's path probe (PROTOCOL.md §3.3)
+            return
         transport = inbound.InboundTransport(
-            encryption=(
-                inbound.ENCRYPTION_MODE_PLAINTEXT
-                if not encrypted
-                else inbound.ENCRYPTION_MODE_SAFE
-                if app.encryption == "safe"
-                else inbound.ENCRYPTION_MODE_COMPATIBLE
-            ),
+            encryption=_encryption(app, encrypted),
             format=inbound.DATA_FORMAT_JSON
             if app.data_format == "json"
             else inbound.DATA_FORMAT_XML,
+            signature_timestamp=timestamp,
+            nonce=params["nonce"],
+            body_sha256=hashlib.sha256(body).hexdigest(),
         )
         try:
-            message = normalize(app.app_id, fields, transport, self.clock.now())
+            message = normalize(app.app_id, fields, transport, self.deps.clock.now())
         except MalformedPayload as exc:
             raise BadPayload(f"payload_{exc.kind}", exc.detail) from None
-        response = await self.core.deliver(
-            message, timeout=deadline - time.perf_counter(), request_id=self.request_id
-        )
+        except Exception:
+            log.exception("normalizer failed on a push")
+            raise BadPayload("payload_unparseable") from None
+        remaining = deadline - time.perf_counter() - _SPOOL_RESERVE
+        try:
+            response = await self.deps.core.deliver(
+                message, timeout=remaining, request_id=self.request_id
+            )
+        except CoreUnavailable as exc:
+            await self._spool(message, exc)
+            self._no_reply()
+            return
         self._answer(app, params, message, response.reply, key_index if encrypted else None)
+
+    async def _spool(self, message: inbound.InboundMessage, cause: CoreUnavailable) -> None:
+        """Keep the message for later; if even that fails, do not acknowledge WeChat."""
+        try:
+            await self.deps.spool.put(
+                message.app_id, self.request_id, self.deps.clock.now(), message.SerializeToString()
+            )
+        except SpoolUnavailable as exc:
+            metrics.SPOOL_FAILURES.inc()
+            log.error(
+                "spool write failed; leaving the push to WeChat's retry", extra={"error": str(exc)}
+            )
+            raise CoreUnavailable("spool_unavailable", str(exc)) from None
+        metrics.SPOOLED.inc()
+        metrics.SPOOL_DEPTH.inc()
+        log.warning("core unavailable; push spooled", extra={"reason": cause.reason})
+        self.deps.replayer.wake()
 
     def _parse(self, app: AppConfig, body: bytes) -> Payload:
         try:
             return parse_json(body) if app.data_format == "json" else parse_xml(body)
         except MalformedPayload as exc:
             raise BadPayload(f"payload_{exc.kind}", exc.detail) from None
+        except Exception:
+            log.exception("parser failed on a push")
+            raise BadPayload("payload_unparseable") from None
 
-    def _open(self, app: AppConfig, params: dict[str, str], encrypted: bool) -> tuple[Payload, int]:
+    def _open(
+        self, app: AppConfig, params: dict[str, str], body: bytes, encrypted: bool
+    ) -> tuple[Payload, int]:
         """Verify and parse the body; decrypt it in safe and compatible mode."""
         if not encrypted:
             if app.encryption == "safe":
@@ -240,11 +326,13 @@ class CallbackHandler(EdgeHandler):
                 # app would let anyone replay a captured URL with a body of their own.
                 raise SignatureMismatch("plaintext_on_safe_app")
             self._verify(app, params)
-            return self._parse(app, self.request.body), 0
-        crypto = self.cryptos.get(app.app_id)
-        if crypto is None or "msg_signature" not in params:
-            raise BadParameters("unexpected_encryption" if crypto is None else "missing_param")
-        envelope = self._parse(app, self.request.body)
+            return self._parse(app, body), 0
+        crypto = self.deps.cryptos.get(app.app_id)
+        if crypto is None:
+            raise BadParameters("unexpected_encryption")
+        if "msg_signature" not in params:
+            raise SignatureMismatch("missing_msg_signature")
+        envelope = self._parse(app, body)
         ciphertext = envelope.get("Encrypt")
         if not isinstance(ciphertext, str) or not ciphertext:
             raise BadPayload("payload_no_encrypt")
@@ -253,27 +341,30 @@ class CallbackHandler(EdgeHandler):
         try:
             plaintext, key_index = crypto.decrypt(ciphertext)
         except CryptoError as exc:
-            raise BadPayload(f"decrypt_{exc.code}", exc.detail) from None
+            raise BadPayload(f"decrypt_{-exc.code}", exc.detail) from None
         return self._parse(app, plaintext.encode()), key_index
+
+    def _no_reply(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(NO_REPLY)
 
     def _answer(
         self,
         app: AppConfig,
         params: Mapping[str, str],
         message: inbound.InboundMessage,
-        reply: Any,
+        reply: pr.PassiveReply,
         key_index: int | None,
     ) -> None:
-        now = int(self.clock.now())
+        now = int(self.deps.clock.now())
         fields = reply_fields(reply, message, now) if app.data_format == "xml" else None
-        self.set_header("Content-Type", "text/plain; charset=utf-8")
         if fields is None:
-            self.finish(NO_REPLY)
+            self._no_reply()
             return
         body = render_xml(fields)
         if key_index is not None:
-            crypto = self.cryptos[app.app_id]
-            encrypt = crypto.encrypt(body.decode(), key_index=key_index)
+            # Encrypt with the key that opened the push (key rotation, PROTOCOL.md §2.1).
+            encrypt = self.deps.cryptos[app.app_id].encrypt(body.decode(), key_index=key_index)
             nonce = params["nonce"]  # WeChat asks to echo the request's nonce
             body = render_xml(
                 {
@@ -285,6 +376,14 @@ class CallbackHandler(EdgeHandler):
             )
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(body)
+
+
+def _encryption(app: AppConfig, encrypted: bool) -> inbound.EncryptionMode.ValueType:
+    if not encrypted:
+        return inbound.ENCRYPTION_MODE_PLAINTEXT
+    if app.encryption == "safe":
+        return inbound.ENCRYPTION_MODE_SAFE
+    return inbound.ENCRYPTION_MODE_COMPATIBLE
 
 
 class HealthHandler(EdgeHandler):

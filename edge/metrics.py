@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["CALLBACKS", "CALLBACK_DURATION", "CORE_CALLS", "REJECTED"]
+__all__ = [
+    "CALLBACKS",
+    "CALLBACK_DURATION",
+    "CORE_CALLS",
+    "REJECTED",
+    "SPOOLED",
+    "SPOOL_DEPTH",
+    "SPOOL_DROPPED",
+    "SPOOL_FAILURES",
+    "SPOOL_REPLAYED",
+]
 
 CALLBACKS = Counter(
     "wxp_edge_callbacks_total", "WeChat callbacks answered, by app, method and HTTP status.",
@@ -21,4 +31,17 @@ REJECTED = Counter(
 )
 CORE_CALLS = Counter(
     "wxp_edge_core_calls_total", "Calls to core, by outcome (gRPC code).", ["code"]
+)
+SPOOL_DEPTH = Gauge("wxp_edge_spool_depth", "Pushes waiting in the spool for core.")
+SPOOLED = Counter(
+    "wxp_edge_spooled_total", "Pushes written to the spool because core was unavailable."
+)
+SPOOL_REPLAYED = Counter("wxp_edge_spool_replayed_total", "Spooled pushes delivered to core.")
+SPOOL_DROPPED = Counter(
+    "wxp_edge_spool_dropped_total",
+    "Spooled pushes given up, by reason (expired, rejected).",
+    ["reason"],
+)
+SPOOL_FAILURES = Counter(
+    "wxp_edge_spool_write_failures_total", "Pushes left unacknowledged because the spool failed."
 )

@@ -9,6 +9,7 @@ malformed envelope fields reject the push.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from wxplatform.wechat.payload import MalformedPayload, Payload
 
 __all__ = ["normalize"]
 
+_UNIX_TIME = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() accepts "²"
 _TEMPLATE_STATUS = {
     "success": pb.TEMPLATE_SEND_STATUS_SUCCESS,
     "failed:user block": pb.TEMPLATE_SEND_STATUS_USER_BLOCKED,
@@ -291,31 +293,28 @@ def normalize(
         if not _text(fields, name):
             raise MalformedPayload("shape", f"{name} is missing")
     created = _text(fields, "CreateTime").strip()
-    if not created.isdigit() or len(created) > 12:
+    if not _UNIX_TIME.fullmatch(created):
         raise MalformedPayload("shape", "CreateTime is not a Unix time")
     raw = struct_pb2.Struct()
     raw.update(_raw_value(fields))
+    msg_type = _text(fields, "MsgType")
+    is_event = msg_type == "event"
     message = pb.InboundMessage(
         app_id=app_id,
         to_user_name=_text(fields, "ToUserName"),
         from_user_name=_text(fields, "FromUserName"),
         create_time=int(created),
-        msg_type=_text(fields, "MsgType"),
-        event=_text(fields, "Event") if _text(fields, "MsgType") == "event" else "",
-        msg_id=_text(fields, "MsgId") or _text(fields, "MsgID")
-        if _text(fields, "MsgType") != "event"
-        else "",
+        msg_type=msg_type,
+        event=_text(fields, "Event") if is_event else "",
+        # Events have no id of their own: the `MsgID` of a job event names the job.
+        msg_id="" if is_event else _text(fields, "MsgId") or _text(fields, "MsgID"),
         transport=transport,
         received_time=timestamp_pb2.Timestamp(
             seconds=int(received_at), nanos=int(received_at % 1 * 1e9)
         ),
         raw=raw,
     )
-    builder = (
-        _EVENTS.get(message.event)
-        if message.msg_type == "event"
-        else _MESSAGES.get(message.msg_type)
-    )
+    builder = _EVENTS.get(message.event) if is_event else _MESSAGES.get(msg_type)
     if builder is None:
         message.unknown.SetInParent()
     else:

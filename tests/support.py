@@ -7,9 +7,11 @@ run against a shared Redis (`WXP_TEST_REDIS_URL`) without flushing it.
 from __future__ import annotations
 
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -116,6 +118,7 @@ async def running_stack(
     edge = None
     try:
         if with_edge:
+            edge_overrides.setdefault("spool_path", str(Path(tempfile.mkdtemp()) / "spool.sqlite3"))
             edge_settings = replace(
                 settings,
                 edge=replace(

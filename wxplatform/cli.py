@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from wxplatform.config import ConfigError, Settings, load_settings
+from wxplatform.config import ConfigError, Settings, load_settings, split_address
 from wxplatform.logs import configure_logging
 
 __all__ = ["main"]
@@ -70,8 +70,7 @@ async def run_sim(settings: Settings, listen: str | None) -> None:
 
     stop = _stop_event()
     sim = WeChatSimulator(settings.apps)
-    host, _, port = (listen or settings.dev.sim_listen).rpartition(":")
-    await sim.start(host, int(port))
+    await sim.start(*split_address(listen or settings.dev.sim_listen))
     log.info("simulator serving", extra={"url": sim.base_url})
     await stop.wait()
     await sim.stop()

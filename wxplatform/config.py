@@ -35,6 +35,7 @@ __all__ = [
     "hash_credential",
     "load_settings",
     "parse_settings",
+    "split_address",
 ]
 
 AppKind = Literal["official_account", "mini_program"]
@@ -307,11 +308,20 @@ class _Table:
             raise ConfigError(self.key(unknown[0]), "unknown key")
 
 
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` → (host, port); raises ValueError when malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
+
+
 def _address(table: _Table, name: str, default: str) -> str:
     value = table.get(name, str, default)
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(table.key(name), "must be host:port")
+    try:
+        split_address(value)
+    except ValueError:
+        raise ConfigError(table.key(name), "must be host:port") from None
     return value
 
 

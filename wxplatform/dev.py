@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from wxplatform.config import RedisConfig, Secret, WeChatConfig, load_settings
+from wxplatform.config import RedisConfig, Secret, WeChatConfig, load_settings, split_address
 from wxplatform.devconfig import PLAIN_APP, write_dev_config
 from wxplatform.embedded_redis import EmbeddedRedis
 from wxplatform.logs import configure_logging
@@ -55,8 +55,7 @@ async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, 
     client = connect(settings.redis.url.reveal())
     sim = WeChatSimulator(settings.apps)
     try:
-        host, _, port = settings.dev.sim_listen.rpartition(":")
-        await sim.start(host, int(port))
+        await sim.start(*split_address(settings.dev.sim_listen))
         settings = dataclasses.replace(settings, wechat=WeChatConfig(api_base=sim.base_url))
         core = await create_server(settings, client)
         edge = await start_edge(settings)

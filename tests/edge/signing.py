@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 import urllib.parse
 from typing import Any
@@ -42,10 +43,15 @@ def push_request(
     fields: dict[str, Any],
     *,
     encrypt: bool = False,
-    nonce: str = "424242",
+    nonce: str | None = None,
+    timestamp: int | None = None,
 ) -> tuple[str, bytes]:
-    """URL and body of a push, plaintext or encrypted (safe mode), correctly signed."""
-    ts = str(int(time.time()))
+    """URL and body of a push, plaintext or encrypted (safe mode), correctly signed.
+
+    Each push gets a fresh random nonce, as WeChat's do, unless one is given.
+    """
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = nonce or str(secrets.randbelow(10**9))
     query = {"signature": sign(app.token.reveal(), ts, nonce), "timestamp": ts, "nonce": nonce,
              "openid": fields["FromUserName"]}  # fmt: skip
     body = render_xml(fields)

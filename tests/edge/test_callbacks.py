@@ -137,13 +137,6 @@ async def test_unknown_app_and_malformed_bodies(stack: Stack) -> None:
         assert b"Traceback" not in response.body
 
 
-async def test_core_down_answers_503_so_wechat_retries(stack: Stack) -> None:
-    await stack.core.stop()
-    url, body = push_request(stack.edge_url, app(stack, "wxplain"), text_fields("hello"))
-    response = await fetch(url, body)
-    assert response.code == 503
-
-
 async def test_health_and_metrics(stack: Stack) -> None:
     assert (await fetch(f"{stack.edge_url}/healthz")).code == 200
     url, body = push_request(stack.edge_url, app(stack, "wxplain"), text_fields("hello"))

@@ -7,6 +7,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from wxplatform.config import split_address
+
 __all__ = ["INGRESS_MESSAGES", "RPC_DURATION", "RPC_TOTAL", "SERVING", "MetricsServer"]
 
 RPC_TOTAL = Counter(
@@ -30,8 +32,8 @@ class MetricsServer:
     """`/metrics` over HTTP on its own port, served from a daemon thread."""
 
     def __init__(self, listen: str) -> None:
-        host, _, port = listen.rpartition(":")
-        server, thread = start_http_server(int(port), addr=host)
+        host, port = split_address(listen)
+        server, thread = start_http_server(port, addr=host)
         self._server: WSGIServer = server
         self._thread: threading.Thread = thread
         self.port: int = server.server_port

@@ -97,7 +97,9 @@ def parse_json(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Payload:
 
     try:
         value = json.loads(text, object_pairs_hook=no_duplicates)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except MalformedPayload:
+        raise
+    except (ValueError, RecursionError) as exc:  # ValueError: also huge integers
         raise MalformedPayload("syntax", "body is not JSON") from exc
     if not isinstance(value, dict):
         raise MalformedPayload("shape", "JSON body is not an object")

@@ -1,0 +1,132 @@
+"""Replays the spool to core once core answers again.
+
+One task per edge process. Entries are replayed oldest first; core's dedup makes a
+replay of a message that did reach core (its answer was what got lost) harmless. While
+core stays down the task backs off exponentially (with jitter) instead of hammering it.
+Entries older than the replay horizon are dropped with an error log and a metric: core's
+dedup records may have expired by then, so replaying could process them twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from acme.wxplatform.v1 import inbound_message_pb2 as inbound
+from edge import metrics
+from edge.core_client import CoreClient
+from edge.errors import CoreRejected, CoreUnavailable
+from edge.spool import Spool, SpoolEntry
+from wxplatform.clock import Clock
+from wxplatform.logs import request_id
+
+__all__ = ["Replayer"]
+
+log = logging.getLogger("wxplatform.edge.spool")
+
+_BATCH = 50
+_IDLE_POLL = 1.0  # seconds between looks at an empty spool (puts also wake the task)
+_BACKOFF_START = 0.5
+_BACKOFF_CAP = 30.0
+_REPLAY_TIMEOUT = 5.0
+
+
+class Replayer:
+    """The background task that drains the spool into core."""
+
+    def __init__(
+        self, spool: Spool, core: CoreClient, clock: Clock, *, max_age_seconds: float
+    ) -> None:
+        self._spool = spool
+        self._core = core
+        self._clock = clock
+        self._max_age = max_age_seconds
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._backoff = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start replaying in the background."""
+        self._task = asyncio.create_task(self._run(), name="edge-spool-replayer")
+
+    def wake(self) -> None:
+        """Something was spooled: look again soon (after any backoff)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Finish the entry in progress, then stop."""
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        metrics.SPOOL_DEPTH.set(await self._spool.depth())
+        while not self._stopping.is_set():
+            try:
+                progressed = await self._replay_batch()
+            except Exception:  # the spool itself failed: keep the task alive, try later
+                log.exception("spool replay failed")
+                progressed = False
+            if not progressed:
+                await self._sleep()
+
+    async def _sleep(self) -> None:
+        self._wake.clear()
+        # New spool entries end an idle wait, but not a backoff: core is still down.
+        waiter = self._stopping if self._backoff else self._wake
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.wait(), self._backoff or _IDLE_POLL)
+
+    async def _replay_batch(self) -> bool:
+        """Replay due entries; False when there was nothing to do or core is still down."""
+        entries = await self._spool.due(self._clock.now(), _BATCH)
+        if not entries:
+            return False
+        for entry in entries:
+            if self._stopping.is_set():
+                return True
+            if not await self._replay(entry):
+                return False
+        metrics.SPOOL_DEPTH.set(await self._spool.depth())
+        return True
+
+    async def _replay(self, entry: SpoolEntry) -> bool:
+        """Replay one entry; False when core is (still) unavailable."""
+        request_id.set(entry.request_id)
+        age = self._clock.now() - entry.received_at
+        if age > self._max_age:
+            log.error("spooled push expired", extra={"app_id": entry.app_id, "age_s": round(age)})
+            metrics.SPOOL_DROPPED.labels("expired").inc()
+            await self._spool.remove(entry.id)
+            return True
+        message = inbound.InboundMessage.FromString(entry.message)
+        message.transport.spool_replays = entry.attempts + 1
+        try:
+            await self._core.deliver(message, timeout=_REPLAY_TIMEOUT, request_id=entry.request_id)
+        except CoreUnavailable as exc:
+            self._backoff = min(max(self._backoff * 2, _BACKOFF_START), _BACKOFF_CAP)
+            delay = self._backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+            await self._spool.postpone(entry.id, entry.attempts + 1, self._clock.now() + delay)
+            log.info(
+                "core still unavailable", extra={"reason": exc.reason, "retry_s": round(delay, 2)}
+            )
+            return False
+        except CoreRejected as exc:
+            log.error(
+                "core rejected a spooled push", extra={"app_id": entry.app_id, "reason": exc.reason}
+            )
+            metrics.SPOOL_DROPPED.labels(exc.reason).inc()
+            await self._spool.remove(entry.id)
+            return True
+        self._backoff = 0.0
+        await self._spool.remove(entry.id)
+        metrics.SPOOL_REPLAYED.inc()
+        log.info(
+            "spooled push delivered", extra={"app_id": entry.app_id, "attempts": entry.attempts + 1}
+        )
+        return True

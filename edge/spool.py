@@ -1,0 +1,142 @@
+"""The edge's durable spool: where pushes wait while core is unreachable.
+
+SQLite with `synchronous=FULL` in WAL mode: once `put` returns, the message survives a
+crash or power loss, so the edge may tell WeChat `success`. If the write fails (disk
+full, the configured size cap reached, I/O error) `put` raises `SpoolUnavailable` and the
+edge does not acknowledge the push, so WeChat retries it. SQLite calls are blocking, so
+they run on one dedicated thread that owns the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["Spool", "SpoolEntry", "SpoolUnavailable"]
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id      TEXT    NOT NULL,
+    request_id  TEXT    NOT NULL,
+    received_at REAL    NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_try_at REAL    NOT NULL,
+    message     BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spool_due ON spool (next_try_at, id);
+"""
+
+
+class SpoolUnavailable(Exception):
+    """The spool cannot store a message (full, or a disk error)."""
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """One spooled push."""
+
+    id: int
+    app_id: str
+    request_id: str
+    received_at: float
+    attempts: int
+    message: bytes
+
+
+class Spool:
+    """A durable FIFO of serialized `InboundMessage`s."""
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-spool")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self) -> None:
+        """Create or open the database file."""
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # durable before we acknowledge WeChat
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        # SQLite itself refuses writes past this size ("database or disk is full").
+        db.execute(f"PRAGMA max_page_count={max(self.max_bytes // page_size, 16)}")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolUnavailable("spool is not open")
+        return self._db
+
+    async def put(self, app_id: str, request_id: str, received_at: float, message: bytes) -> int:
+        """Store a message durably; raises `SpoolUnavailable` when it cannot."""
+        try:
+            row_id: int = await self._run(self._put, app_id, request_id, received_at, message)
+        except sqlite3.Error as exc:
+            raise SpoolUnavailable(f"spool write failed: {exc.__class__.__name__}") from exc
+        return row_id
+
+    def _put(self, app_id: str, request_id: str, received_at: float, message: bytes) -> int:
+        cursor = self._conn().execute(
+            "INSERT INTO spool (app_id, request_id, received_at, next_try_at, message)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (app_id, request_id, received_at, received_at, message),
+        )
+        return int(cursor.lastrowid or 0)
+
+    async def due(self, now: float, limit: int) -> list[SpoolEntry]:
+        """Entries whose next attempt is due, oldest first."""
+        rows = await self._run(self._due, now, limit)
+        return [SpoolEntry(*row) for row in rows]
+
+    def _due(self, now: float, limit: int) -> list[tuple[Any, ...]]:
+        return (
+            self._conn()
+            .execute(
+                "SELECT id, app_id, request_id, received_at, attempts, message FROM spool"
+                " WHERE next_try_at <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            )
+            .fetchall()
+        )
+
+    async def remove(self, entry_id: int) -> None:
+        """Forget a delivered (or dropped) entry."""
+        await self._run(lambda: self._conn().execute("DELETE FROM spool WHERE id = ?", (entry_id,)))
+
+    async def postpone(self, entry_id: int, attempts: int, next_try_at: float) -> None:
+        """Record a failed attempt and when to try again."""
+        await self._run(
+            lambda: self._conn().execute(
+                "UPDATE spool SET attempts = ?, next_try_at = ? WHERE id = ?",
+                (attempts, next_try_at, entry_id),
+            )
+        )
+
+    async def depth(self) -> int:
+        """How many entries wait."""
+        count: int = await self._run(
+            lambda: int(self._conn().execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+        )
+        return count
+
+    async def close(self) -> None:
+        """Close the database and its thread."""
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
