@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -19,18 +18,11 @@ from typing import Any
 
 from wxplatform.config import ConfigError, Settings, load_settings, split_address
 from wxplatform.logs import configure_logging
+from wxplatform.runtime import stop_on_signals
 
 __all__ = ["main"]
 
 log = logging.getLogger("wxplatform")
-
-
-def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 async def run_core(settings: Settings) -> None:
@@ -42,7 +34,7 @@ async def run_core(settings: Settings) -> None:
         raise ConfigError(
             "redis.url", "is required (an embedded Redis is for `wxplatform dev` only)"
         )
-    stop = _stop_event()
+    stop = stop_on_signals()
     client = connect(settings.redis.url.reveal())
     try:
         core = await create_server(settings, client)
@@ -58,7 +50,7 @@ async def run_edge(settings: Settings) -> None:
 
     if settings.edge.core_credential is None:
         raise ConfigError("edge.core_credential", "is required: the edge authenticates to core")
-    stop = _stop_event()
+    stop = stop_on_signals()
     edge = await start_edge(settings)
     await stop.wait()
     await edge.stop()
@@ -68,7 +60,7 @@ async def run_sim(settings: Settings, listen: str | None) -> None:
     """Serve the WeChat simulator until SIGTERM/SIGINT."""
     from wxplatform.sim import WeChatSimulator
 
-    stop = _stop_event()
+    stop = stop_on_signals()
     sim = WeChatSimulator(settings.apps)
     await sim.start(*split_address(listen or settings.dev.sim_listen))
     log.info("simulator serving", extra={"url": sim.base_url})

@@ -8,17 +8,25 @@ generated `.wxplatform/dev.toml`. Stops them in reverse order on Ctrl-C or SIGTE
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
-import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from wxplatform.config import RedisConfig, Secret, WeChatConfig, load_settings, split_address
+from wxplatform.config import (
+    EdgeConfig,
+    RedisConfig,
+    Secret,
+    WeChatConfig,
+    load_settings,
+    split_address,
+)
 from wxplatform.devconfig import PLAIN_APP, write_dev_config
 from wxplatform.embedded_redis import EmbeddedRedis
 from wxplatform.logs import configure_logging
+from wxplatform.runtime import stop_on_signals
 
 __all__ = ["run_dev"]
 
@@ -41,49 +49,51 @@ async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, 
     settings = load_settings(config_path, environ)
     configure_logging("dev", settings.log_level)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    redis_server: EmbeddedRedis | None = None
-    if settings.redis.url is None:
-        redis_server = EmbeddedRedis(state_dir / "redis", persist=True)
-        url = await asyncio.to_thread(redis_server.start)
-        settings = dataclasses.replace(settings, redis=RedisConfig(url=Secret(url)))
-    assert settings.redis.url is not None
-    client = connect(settings.redis.url.reveal())
-    sim = WeChatSimulator(settings.apps)
-    try:
+    stop = stop_on_signals()
+    async with contextlib.AsyncExitStack() as running:
+        # Each part is registered for shutdown as soon as it runs, so a failure half-way
+        # through start-up (a port in use, say) still stops what had started.
+        if settings.redis.url is None:
+            redis_server = EmbeddedRedis(state_dir / "redis", persist=True)
+            url = await asyncio.to_thread(redis_server.start)
+            running.push_async_callback(asyncio.to_thread, redis_server.stop)
+            settings = dataclasses.replace(settings, redis=RedisConfig(url=Secret(url)))
+            redis_shown = url
+        else:
+            redis_shown = "(configured)"
+        assert settings.redis.url is not None
+        client = connect(settings.redis.url.reveal())
+        running.push_async_callback(client.aclose)
+        sim = WeChatSimulator(settings.apps)
         await sim.start(*split_address(settings.dev.sim_listen))
-        settings = dataclasses.replace(settings, wechat=WeChatConfig(api_base=sim.base_url))
+        running.push_async_callback(sim.stop)
+        edge_config = settings.edge
+        if edge_config.spool_path == EdgeConfig.spool_path:
+            edge_config = dataclasses.replace(
+                edge_config, spool_path=str(state_dir / "edge-spool.sqlite3")
+            )
+        settings = dataclasses.replace(
+            settings, wechat=WeChatConfig(api_base=sim.base_url), edge=edge_config
+        )
         core = await create_server(settings, client)
+        running.push_async_callback(core.stop)
         edge = await start_edge(settings)
-        try:
-            print(
-                "wxplatform dev ready:"
-                f" edge http://{settings.edge.listen}/wx/<app_id>"
-                f" | core grpc://{settings.core.listen}"
-                f" | metrics http://{settings.core.metrics_listen}/metrics"
-                f" | simulator {sim.base_url}"
-                f" | redis {redis_server.url if redis_server else '(configured)'}"
-                f" | config {config_path}",
-                flush=True,
-            )
-            print(
-                f"try it:  {_program()} --config {config_path} sim push"
-                f" --app {PLAIN_APP} --text hello",
-                flush=True,
-            )
-            await stop.wait()
-            print("stopping…", flush=True)
-        finally:
-            await edge.stop()
-            await core.stop()
-    finally:
-        await sim.stop()
-        await client.aclose()
-        if redis_server is not None:
-            await asyncio.to_thread(redis_server.stop)
+        running.push_async_callback(edge.stop)
+        print(
+            "wxplatform dev ready:"
+            f" edge http://{settings.edge.listen}/wx/<app_id>"
+            f" | core grpc://{settings.core.listen}"
+            f" | metrics http://{settings.core.metrics_listen}/metrics"
+            f" | simulator {sim.base_url}"
+            f" | redis {redis_shown}"
+            f" | config {config_path}",
+            flush=True,
+        )
+        print(
+            f"try it:  {_program()} --config {config_path} sim push --app {PLAIN_APP} --text hello",
+            flush=True,
+        )
+        await stop.wait()
+        print("stopping…", flush=True)
     print("stopped", flush=True)
     return 0

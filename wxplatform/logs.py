@@ -76,3 +76,6 @@ def configure_logging(process: str, level: str = "INFO") -> None:
     root.setLevel(level)
     # Tornado logs every request itself; the edge writes its own access line instead.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    # HTTP client libraries log full URLs, and WeChat's token URL carries the AppSecret.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -6,7 +6,7 @@ import pytest
 import redis.asyncio as redis
 import wxplatform_client
 
-from acme.wxplatform.v1 import ingress_service_pb2, token_service_pb2
+from acme.wxplatform.v1 import event_service_pb2, ingress_service_pb2, token_service_pb2
 from tests.core.helpers import deliver_request, text_message
 from tests.support import (
     EDGE_CREDENTIAL,
@@ -65,3 +65,28 @@ def test_the_client_wraps_every_service() -> None:
         if stub.__class__.__name__.endswith("ServiceStub")
     }
     assert {name.rsplit(".", 1)[1] for name in API_SERVICES} == client_services
+
+
+async def test_streams_carry_the_credential_and_map_errors(redis_client: redis.Redis) -> None:
+    app_id = new_app_id()
+    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
+        target = f"127.0.0.1:{stack.core.port}"
+        async with wxplatform_client.Client(target, EDGE_CREDENTIAL) as edge:
+            await edge.ingress.DeliverMessage(deliver_request(text_message(app_id, "streamed")))
+        async with wxplatform_client.Client(target, TEAM_CREDENTIAL) as team:
+            request = event_service_pb2.StreamEventsRequest(
+                app_id=app_id,
+                consumer_group="client-test",
+                consumer_name="c1",
+                start_position=event_service_pb2.START_POSITION_EARLIEST,
+            )
+            async for event in team.events.StreamEvents(request):
+                assert event.message.text.content == "streamed"
+                break
+            bad = event_service_pb2.StreamEventsRequest(
+                app_id=app_id, consumer_group="bad group", consumer_name="c1"
+            )
+            with pytest.raises(wxplatform_client.InvalidArgument) as caught:
+                async for _ in team.events.StreamEvents(bad):
+                    pass
+            assert caught.value.reason == "INVALID_CONSUMER_GROUP"

@@ -196,8 +196,13 @@ async def test_drain_lets_an_in_flight_call_finish(redis_client: redis.Redis) ->
         metadata=bearer(EDGE_CREDENTIAL),
         timeout=10,
     )
+    evals_before = await _script_calls(redis_client)
     in_flight = asyncio.ensure_future(call)
-    await asyncio.sleep(0.2)
+    # The call is in flight once core has polled the pending key at least twice.
+    for _ in range(500):
+        if await _script_calls(redis_client) >= evals_before + 2:
+            break
+        await asyncio.sleep(0.01)
     stopping = asyncio.create_task(core.stop())
     await asyncio.sleep(0.2)
     assert not stopping.done(), "the server must wait for the in-flight call"
@@ -217,3 +222,9 @@ async def test_drain_lets_an_in_flight_call_finish(redis_client: redis.Redis) ->
     assert response.reply.text.content == "from the other replica"
     await stopping
     await channel.close()
+
+
+async def _script_calls(client: redis.Redis) -> int:
+    """How many Lua script calls Redis has run (the ingress store polls with one)."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from wxplatform.wechat.signature import jssdk_signature, sign, signature_matches
@@ -16,9 +17,12 @@ def test_callback_signature_vectors(vectors: dict[str, Any]) -> None:
 
 
 def test_sort_is_lexicographic_not_numeric() -> None:
-    # '1000' < '999' as strings: a numeric sort would give another digest.
-    assert sign("999", "1000", "tok") == sign("1000", "999", "tok")
-    assert sign("999", "1000", "tok") != sign("999", "1000", "tok2")
+    # '1000' < '999' as strings, so the joined text is "1000999tok"; a numeric sort
+    # would join "9991000tok". Compare against both digests computed independently.
+    lexicographic = hashlib.sha1(b"1000999tok").hexdigest()
+    numeric = hashlib.sha1(b"9991000tok").hexdigest()
+    assert sign("999", "1000", "tok") == lexicographic != numeric
+    assert sign("Zzz", "abc", "1") == hashlib.sha1(b"1Zzzabc").hexdigest()
 
 
 def test_msg_signature_vectors(vectors: dict[str, Any]) -> None:

@@ -139,11 +139,12 @@ async def create_server(
     port = server.add_insecure_port(listen or settings.core.listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen or settings.core.listen}")
+    # Bound before the gRPC server starts, so a taken metrics port leaves nothing running.
+    metrics_server = MetricsServer(settings.core.metrics_listen) if serve_metrics else None
     await server.start()
     for name in ("", *API_SERVICES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics.SERVING.set(1)
-    metrics_server = MetricsServer(settings.core.metrics_listen) if serve_metrics else None
     log.info(
         "core serving",
         extra={"port": port, "metrics_port": metrics_server.port if metrics_server else None},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -20,11 +20,8 @@ from wxplatform_client._errors import from_rpc_error
 __all__ = ["Client"]
 
 
-class _CallDefaults(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-):
-    """Adds the credential and a default deadline; maps unary failures to typed errors."""
+class _CallDefaults:
+    """Adds the credential and a default deadline to every call."""
 
     def __init__(self, credential: str, timeout: float) -> None:
         self._auth = ("authorization", f"Bearer {credential}")
@@ -41,6 +38,10 @@ class _CallDefaults(
             wait_for_ready=details.wait_for_ready,
         )
 
+
+class _UnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Unary calls: defaults, and failures raised as typed exceptions."""
+
     async def intercept_unary_unary(
         self,
         continuation: Callable[..., Any],
@@ -53,6 +54,11 @@ class _CallDefaults(
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
 
+
+# grpc registers an interceptor object for one call shape only, hence two classes.
+class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Server-streaming calls: defaults (no deadline), failures as typed exceptions."""
+
     async def intercept_unary_stream(
         self,
         continuation: Callable[..., Any],
@@ -63,7 +69,17 @@ class _CallDefaults(
         details = self._details(client_call_details)
         if client_call_details.timeout is None:
             details = details._replace(timeout=None)
-        return await continuation(details, request)
+        call = await continuation(details, request)
+
+        async def responses() -> AsyncIterator[Any]:
+            try:
+                async for response in call:
+                    yield response
+            except grpc.aio.AioRpcError as exc:
+                raise from_rpc_error(exc) from None
+
+        # Iterate the call (`async for`); failures arrive as typed exceptions.
+        return responses()
 
 
 class Client:
@@ -81,7 +97,7 @@ class Client:
         timeout: float = 5.0,
         channel_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        interceptors = [_CallDefaults(credential, timeout)]
+        interceptors = [_UnaryDefaults(credential, timeout), _StreamDefaults(credential, timeout)]
         self.channel = (
             grpc.aio.secure_channel(target, channel_credentials, interceptors=interceptors)
             if channel_credentials is not None

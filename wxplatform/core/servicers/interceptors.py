@@ -32,6 +32,8 @@ log = logging.getLogger("wxplatform.core.rpc")
 Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 Stream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
+API_PACKAGE = "acme.wxplatform.v1."
+
 # Infrastructure services that load balancers and tools call without a credential.
 PUBLIC_SERVICES = frozenset(
     {
@@ -52,6 +54,12 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
+async def _refuse_client_streaming(
+    requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "client streaming is not part of this API")
+
+
 class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Base: wraps unary-request handlers with `unary` / `stream` hooks."""
 
@@ -67,9 +75,15 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
+        if handler is None:
             return handler
         method = handler_call_details.method
+        if handler.request_streaming:
+            # The API has no client-streaming RPCs; only public infrastructure services
+            # (reflection) may have them, so anything else is refused, not passed through.
+            if split_method(method)[0] in PUBLIC_SERVICES:
+                return handler
+            return grpc.stream_stream_rpc_method_handler(_refuse_client_streaming)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self.unary(method, handler.unary_unary),
@@ -198,6 +212,8 @@ class CallerAuth(_HandlerWrapper):
         qualified, service, name = split_method(method)
         if qualified in PUBLIC_SERVICES:
             return True
+        if not qualified.startswith(API_PACKAGE):  # grants name services of this API only
+            raise CallerNotAuthorized(f"{qualified} is not part of the wxplatform API")
         scheme, _, token = _metadata(context).get("authorization", "").partition(" ")
         caller = self._by_hash.get(hash_credential(token)) if scheme.lower() == "bearer" else None
         if caller is None:
