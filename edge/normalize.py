@@ -70,8 +70,10 @@ def _list(value: Any) -> list[Any]:
 def _subscribe_items(
     fields: Mapping[str, Any], wrappers: tuple[str, ...]
 ) -> list[pb.SubscribeMessageItem]:
-    # The official change-event sample wrongly uses the popup wrapper; accept any of them.
-    container: Mapping[str, Any] = {}
+    # XML wraps `List` in an event-named element (the official change-event sample
+    # wrongly uses the popup wrapper, so accept any of them); JSON pushes put `List` at
+    # the top level.
+    container: Mapping[str, Any] = fields
     for wrapper in wrappers:
         if isinstance(fields.get(wrapper), dict):
             container = fields[wrapper]

@@ -19,10 +19,10 @@ def test_callback_signature_vectors(vectors: dict[str, Any]) -> None:
 def test_sort_is_lexicographic_not_numeric() -> None:
     # '1000' < '999' as strings, so the joined text is "1000999tok"; a numeric sort
     # would join "9991000tok". Compare against both digests computed independently.
-    lexicographic = hashlib.sha1(b"1000999tok").hexdigest()
-    numeric = hashlib.sha1(b"9991000tok").hexdigest()
+    lexicographic = hashlib.sha1(b"1000999tok", usedforsecurity=False).hexdigest()
+    numeric = hashlib.sha1(b"9991000tok", usedforsecurity=False).hexdigest()
     assert sign("999", "1000", "tok") == lexicographic != numeric
-    assert sign("Zzz", "abc", "1") == hashlib.sha1(b"1Zzzabc").hexdigest()
+    assert sign("Zzz", "abc", "1") == hashlib.sha1(b"1Zzzabc", usedforsecurity=False).hexdigest()
 
 
 def test_msg_signature_vectors(vectors: dict[str, Any]) -> None:
