@@ -106,3 +106,22 @@ async def test_dead_redis_is_unavailable_not_internal(redis_client: redis.Redis)
             assert "STORE_UNAVAILABLE" in str(caught.value.trailing_metadata())
     finally:
         await dead.aclose()
+
+
+async def test_two_replicas_accept_a_message_once(redis_client: redis.Redis) -> None:
+    from wxplatform.core.adapters.redis_keys import app_key
+
+    app_id = new_app_id()
+    settings = make_settings(app_table(app_id))
+    async with (
+        running_stack(settings, redis_client) as one,
+        running_stack(settings, redis_client) as two,
+    ):
+        request = deliver_request(text_message(app_id, "hello", "4242"))
+        stubs = [ingress_service_pb2_grpc.IngressServiceStub(s.channel) for s in (one, two)]
+        responses = await asyncio.gather(
+            *(stub.DeliverMessage(request, metadata=bearer(EDGE_CREDENTIAL)) for stub in stubs * 3)
+        )
+        assert [r.duplicate for r in responses].count(False) == 1
+        assert {r.reply.text.content for r in responses} == {"hi there"}
+        assert await redis_client.xlen(app_key(app_id, "events")) == 1
