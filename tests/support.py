@@ -18,8 +18,17 @@ import grpc
 import redis.asyncio as redis
 
 from edge.app import EdgeServer, start_edge
-from wxplatform.config import EdgeConfig, Secret, Settings, hash_credential, parse_settings
+from wxplatform.clock import Clock, SystemClock
+from wxplatform.config import (
+    EdgeConfig,
+    Secret,
+    Settings,
+    WeChatConfig,
+    hash_credential,
+    parse_settings,
+)
 from wxplatform.core.server import CoreServer, create_server
+from wxplatform.sim import WeChatSimulator
 
 EDGE_CREDENTIAL = "edge-credential-" + secrets.token_hex(8)
 TEAM_CREDENTIAL = "team-credential-" + secrets.token_hex(8)
@@ -109,11 +118,31 @@ class Stack:
 
 
 @asynccontextmanager
+async def running_simulator(
+    settings: Settings, clock: Clock | None = None
+) -> AsyncIterator[tuple[WeChatSimulator, Settings]]:
+    """The WeChat simulator for `settings`' apps, and settings pointing core at it."""
+    sim = WeChatSimulator(settings.apps, clock or SystemClock())
+    await sim.start()
+    try:
+        yield sim, replace(settings, wechat=WeChatConfig(api_base=sim.base_url))
+    finally:
+        await sim.stop()
+
+
+@asynccontextmanager
 async def running_stack(
-    settings: Settings, client: redis.Redis, *, with_edge: bool = False, **edge_overrides: Any
+    settings: Settings,
+    client: redis.Redis,
+    *,
+    with_edge: bool = False,
+    clock: Clock | None = None,
+    **edge_overrides: Any,
 ) -> AsyncIterator[Stack]:
     """Start core on port 0 (and the edge pointed at it), stop both afterwards."""
-    core = await create_server(settings, client, listen="127.0.0.1:0", serve_metrics=False)
+    core = await create_server(
+        settings, client, listen="127.0.0.1:0", serve_metrics=False, clock=clock
+    )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{core.port}")
     edge = None
     try:
@@ -155,6 +184,7 @@ __all__ = [
     "make_settings",
     "new_app_id",
     "only",
+    "running_simulator",
     "running_stack",
 ]
 

@@ -42,6 +42,7 @@ AppKind = Literal["official_account", "mini_program"]
 Encryption = Literal["plaintext", "compatible", "safe"]
 DataFormat = Literal["xml", "json"]
 MatchKind = Literal["exact", "contains", "regex"]
+TokenMode = Literal["stable", "classic"]
 ReplyType = Literal["text", "image", "voice", "video", "music", "news", "transfer_customer_service"]
 
 _APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -131,6 +132,9 @@ class AppConfig:
     rules: tuple[ReplyRule, ...] = ()
     default_reply: ReplySpec | None = None
     subscribe_reply: ReplySpec | None = None
+    # `stable` uses /cgi-bin/stable_token (normal mode; force only to replace a rejected
+    # token); `classic` uses /cgi-bin/token, which invalidates the previous token.
+    token_mode: TokenMode = "stable"  # noqa: S105 - a mode name, not a secret
 
 
 @dataclass(frozen=True)
@@ -447,6 +451,7 @@ def _parse_app(t: _Table) -> AppConfig:
     kind = t.choice("kind", ("official_account", "mini_program"))
     encryption = t.choice("encryption", ("plaintext", "compatible", "safe"), "plaintext")
     data_format = t.choice("data_format", ("xml", "json"), "xml")
+    token_mode = t.choice("token_mode", ("stable", "classic"), "stable")
     secret = t.get("app_secret", str, required=True)
     if not secret:
         raise ConfigError(t.key("app_secret"), "must not be empty")
@@ -484,6 +489,7 @@ def _parse_app(t: _Table) -> AppConfig:
         rules=rules,
         default_reply=default,
         subscribe_reply=welcome,
+        token_mode=token_mode,  # type: ignore[arg-type]
     )
 
 

@@ -15,7 +15,18 @@ edge turns them into HTTP replies in its one `write_error`.
     ├── NotImplementedYet          NOT_IMPLEMENTED
     ├── ReplayedRequest            REPLAYED_REQUEST
     ├── ShuttingDown               SHUTTING_DOWN
-    └── StoreUnavailable           STORE_UNAVAILABLE
+    ├── StoreUnavailable           STORE_UNAVAILABLE
+    ├── IdempotencyKeyReused       IDEMPOTENCY_KEY_REUSED
+    ├── RateLimited                RATE_LIMITED (retry_after)
+    ├── DeliveryNotFound           DELIVERY_NOT_FOUND
+    ├── WindowClosed               WINDOW_CLOSED
+    ├── WindowQuotaExhausted       WINDOW_QUOTA_EXHAUSTED
+    ├── TokenRefreshLimited        TOKEN_REFRESH_LIMITED
+    ├── TokenUnavailable           TOKEN_UNAVAILABLE
+    ├── WeChatRefused              the errcode's reason (INVALID_OPENID, …), errcode/errmsg/rid
+    ├── WeChatUnavailable          WECHAT_UNAVAILABLE: -1, 5xx, unreachable, retries spent
+    ├── WeChatOutcomeUnknown       WECHAT_OUTCOME_UNKNOWN: sent, but no answer came
+    └── WeChatBadResponse          WECHAT_BAD_RESPONSE: not WeChat's JSON API
 
 Messages must never contain secrets (AppSecrets, AES keys, tokens, credentials).
 """
@@ -30,13 +41,24 @@ __all__ = [
     "AppNotFound",
     "CallerNotAuthorized",
     "CallerUnauthenticated",
+    "DeliveryNotFound",
     "FieldViolation",
+    "IdempotencyKeyReused",
     "IdempotentRequestInProgress",
     "InvalidRequest",
     "NotImplementedYet",
+    "RateLimited",
     "ReplayedRequest",
     "ShuttingDown",
     "StoreUnavailable",
+    "TokenRefreshLimited",
+    "TokenUnavailable",
+    "WeChatBadResponse",
+    "WeChatOutcomeUnknown",
+    "WeChatRefused",
+    "WeChatUnavailable",
+    "WindowClosed",
+    "WindowQuotaExhausted",
     "WxPlatformError",
 ]
 
@@ -46,10 +68,18 @@ class WxPlatformError(Exception):
 
     reason = "UNSPECIFIED"
 
-    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
+        # Seconds after which a retry makes sense (sent as google.rpc.RetryInfo).
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -126,3 +156,80 @@ class StoreUnavailable(WxPlatformError):
     """Redis could not be reached in time."""
 
     reason = "STORE_UNAVAILABLE"
+
+
+class IdempotencyKeyReused(WxPlatformError):
+    """The idempotency key was used before with a different request."""
+
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+class RateLimited(WxPlatformError):
+    """wxplatform's own per-app rate limit is exhausted."""
+
+    reason = "RATE_LIMITED"
+
+
+class DeliveryNotFound(WxPlatformError):
+    """No delivery record with this id (or it expired)."""
+
+    reason = "DELIVERY_NOT_FOUND"
+
+
+class WindowClosed(WxPlatformError):
+    """No customer-service window is open for this user."""
+
+    reason = "WINDOW_CLOSED"
+
+
+class WindowQuotaExhausted(WxPlatformError):
+    """The user's customer-service windows are open but their quota is used up."""
+
+    reason = "WINDOW_QUOTA_EXHAUSTED"
+
+
+class TokenRefreshLimited(WxPlatformError):
+    """A forced token refresh would break WeChat's limits (30 s apart, 20 a day)."""
+
+    reason = "TOKEN_REFRESH_LIMITED"
+
+
+class WeChatRefused(WxPlatformError):
+    """WeChat answered with an errcode; `reason` depends on it (see wechat/errcodes.py)."""
+
+    def __init__(
+        self, reason: str, errcode: int, errmsg: str, rid: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(
+            f"WeChat refused the call: {errcode} {errmsg}",
+            metadata={"errcode": str(errcode), "errmsg": errmsg, "rid": rid},
+            retry_after=retry_after,
+        )
+        self.reason = reason
+        self.errcode = errcode
+        self.errmsg = errmsg
+        self.rid = rid
+
+
+class WeChatUnavailable(WxPlatformError):
+    """WeChat could not be reached, or kept failing transiently until the deadline."""
+
+    reason = "WECHAT_UNAVAILABLE"
+
+
+class WeChatOutcomeUnknown(WxPlatformError):
+    """The request reached WeChat but no answer came: it may or may not have acted."""
+
+    reason = "WECHAT_OUTCOME_UNKNOWN"
+
+
+class WeChatBadResponse(WxPlatformError):
+    """WeChat answered with something that is not its JSON API."""
+
+    reason = "WECHAT_BAD_RESPONSE"
+
+
+class TokenUnavailable(WxPlatformError):
+    """The app's access token (or ticket) could not be obtained in time."""
+
+    reason = "TOKEN_UNAVAILABLE"

@@ -6,7 +6,12 @@ import pytest
 import redis.asyncio as redis
 import wxplatform_client
 
-from acme.wxplatform.v1 import event_service_pb2, ingress_service_pb2, token_service_pb2
+from acme.wxplatform.v1 import (
+    event_service_pb2,
+    ingress_service_pb2,
+    session_service_pb2,
+    token_service_pb2,
+)
 from tests.core.helpers import deliver_request, text_message
 from tests.support import (
     EDGE_CREDENTIAL,
@@ -41,8 +46,8 @@ async def test_calls_carry_the_credential_and_map_errors(redis_client: redis.Red
             assert invalid.value.violations == [("message.app_id", "must equal app_id")]
         async with wxplatform_client.Client(target, TEAM_CREDENTIAL) as team:
             with pytest.raises(wxplatform_client.Unimplemented) as unimplemented:
-                await team.tokens.GetAccessToken(
-                    token_service_pb2.GetAccessTokenRequest(app_id=app_id)
+                await team.sessions.GetSession(
+                    session_service_pb2.GetSessionRequest(app_id=app_id, session_token="t")
                 )
             assert unimplemented.value.reason == "NOT_IMPLEMENTED"
         async with wxplatform_client.Client(target, "wrong") as stranger:

@@ -79,14 +79,6 @@ async def test_authorization_is_per_caller_app_and_rpc(redis_client: redis.Redis
 async def test_unimplemented_services_say_so_with_a_reason(redis_client: redis.Redis) -> None:
     app_id = new_app_id()
     async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
-        tokens = token_service_pb2_grpc.TokenServiceStub(stack.channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await tokens.GetAccessToken(
-                token_service_pb2.GetAccessTokenRequest(app_id=app_id),
-                metadata=bearer(TEAM_CREDENTIAL),
-            )
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert error_info(caught.value)[0] == "NOT_IMPLEMENTED"
         sessions = session_service_pb2_grpc.SessionServiceStub(stack.channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await sessions.GetSession(

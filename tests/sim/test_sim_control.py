@@ -183,6 +183,7 @@ async def test_stats_and_health(client: httpx.AsyncClient, sim: WeChatSimulator)
     assert stats["apps"][PLAIN] == {
         "token": {"issued": 2, "calls_today": 2, "daily_quota": 2000},
         "stable_token": {"issued": 1, "forced": 0, "forced_today": 0, "force_daily_quota": 20},
+        "ticket_calls": 0,
     }
     health = (await client.get("/_sim/health")).json()
     assert health == {"ok": True, "apps": sorted(sim.apps)}

@@ -9,7 +9,15 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from wxplatform.config import split_address
 
-__all__ = ["INGRESS_MESSAGES", "RPC_DURATION", "RPC_TOTAL", "SERVING", "MetricsServer"]
+__all__ = [
+    "INGRESS_MESSAGES",
+    "RPC_DURATION",
+    "RPC_TOTAL",
+    "SERVING",
+    "WECHAT_CALLS",
+    "WECHAT_DURATION",
+    "MetricsServer",
+]
 
 RPC_TOTAL = Counter(
     "wxp_core_rpc_total", "gRPC calls handled, by method and status code.", ["method", "code"]
@@ -42,3 +50,13 @@ class MetricsServer:
         """Stop serving."""
         self._server.shutdown()
         self._server.server_close()
+
+
+WECHAT_CALLS = Counter(
+    "wxp_core_wechat_calls_total",
+    "Calls to WeChat's API, by path and outcome (ok, errcode_N, http_5xx, unreachable, …).",
+    ["api", "outcome"],
+)
+WECHAT_DURATION = Histogram(
+    "wxp_core_wechat_call_duration_seconds", "WeChat API call latency, by path.", ["api"]
+)

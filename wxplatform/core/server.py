@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -21,21 +22,28 @@ from acme.wxplatform.v1 import (
     oauth_service_pb2,
     session_service_pb2,
     token_service_pb2,
+    token_service_pb2_grpc,
 )
 from wxplatform.clock import Clock, SystemClock
 from wxplatform.config import Settings
 from wxplatform.core import metrics
+from wxplatform.core.adapters.credential_store import CredentialStore
 from wxplatform.core.adapters.event_log import EventLog
 from wxplatform.core.adapters.ingress_store import IngressStore
+from wxplatform.core.adapters.wechat_client import WeChatClient
 from wxplatform.core.metrics import MetricsServer
 from wxplatform.core.servicers.events import EventServicer
 from wxplatform.core.servicers.ingress import IngressServicer
 from wxplatform.core.servicers.interceptors import default_interceptors
+from wxplatform.core.servicers.tokens import TokenServicer
 from wxplatform.core.servicers.unimplemented import unimplemented_handler
 from wxplatform.core.services.events import EventService
 from wxplatform.core.services.ingress import IngressService
+from wxplatform.core.services.tokens import TokenService
 
 __all__ = ["API_SERVICES", "CoreServer", "create_server"]
+
+REFRESH_INTERVAL = 30.0  # seconds between background passes over every app's token
 
 log = logging.getLogger("wxplatform.core")
 
@@ -55,7 +63,6 @@ API_SERVICES = tuple(
 # Services whose RPCs are not implemented yet (UNIMPLEMENTED with NOT_IMPLEMENTED).
 _UNIMPLEMENTED = (
     messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"],
-    token_service_pb2.DESCRIPTOR.services_by_name["TokenService"],
     oauth_service_pb2.DESCRIPTOR.services_by_name["OAuthService"],
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
 )
@@ -72,6 +79,9 @@ class CoreServer:
     drain_seconds: float
     stopping: asyncio.Event
     event_log: EventLog
+    wechat: WeChatClient
+    tokens: TokenService
+    refresher: asyncio.Task[None]
 
     async def stop(self) -> None:
         """Graceful drain: NOT_SERVING first, then let in-flight RPCs finish.
@@ -84,7 +94,13 @@ class CoreServer:
         self.stopping.set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.drain_seconds)
+        # The refresher sees `stopping` and ends its pass; cancel only a stuck one, as a
+        # cancelled Redis call would strand its connection.
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(self.refresher, 15)
+        await self.tokens.close()
         await self.event_log.close()
+        await self.wechat.close()
         if self.metrics_server is not None:
             # shutdown() blocks until the server thread notices (up to its 0.5 s poll).
             await asyncio.to_thread(self.metrics_server.close)
@@ -108,7 +124,16 @@ async def create_server(
         nonce_ttl_seconds=2 * settings.edge.timestamp_window_seconds + 60,
         event_retention=settings.core.event_retention,
     )
-    ingress = IngressService(settings.apps, store, clock or SystemClock())
+    clock = clock or SystemClock()
+    ingress = IngressService(settings.apps, store, clock)
+    wechat = WeChatClient(settings.wechat.api_base)
+    tokens = TokenService(
+        settings.apps,
+        wechat,
+        CredentialStore(redis_client, "token"),
+        CredentialStore(redis_client, "ticket:jsapi"),
+        clock,
+    )
     event_log = EventLog(redis_client, retention=settings.core.event_retention)
     events = EventService(
         settings.apps,
@@ -123,6 +148,7 @@ async def create_server(
     )
     ingress_service_pb2_grpc.add_IngressServiceServicer_to_server(IngressServicer(ingress), server)
     event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
+    token_service_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(tokens), server)
     server.add_generic_rpc_handlers([unimplemented_handler(s) for s in _UNIMPLEMENTED])
 
     health = health_aio.HealthServicer()
@@ -149,6 +175,27 @@ async def create_server(
         "core serving",
         extra={"port": port, "metrics_port": metrics_server.port if metrics_server else None},
     )
+    refresher = asyncio.create_task(_keep_fresh(tokens, stopping), name="token-refresher")
     return CoreServer(
-        server, port, health, metrics_server, settings.core.drain_seconds, stopping, event_log
+        server,
+        port,
+        health,
+        metrics_server,
+        settings.core.drain_seconds,
+        stopping,
+        event_log,
+        wechat,
+        tokens,
+        refresher,
     )
+
+
+async def _keep_fresh(tokens: TokenService, stopping: asyncio.Event) -> None:
+    """Refresh tokens and tickets ahead of expiry even when nobody asks for them."""
+    while not stopping.is_set():
+        try:
+            await tokens.keep_fresh()
+        except Exception:  # a failed round is logged; the next one tries again
+            log.exception("background token refresh failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), REFRESH_INTERVAL)

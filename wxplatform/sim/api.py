@@ -28,6 +28,7 @@ __all__ = [
     "CallbackIpHandler",
     "NotFoundHandler",
     "StableTokenHandler",
+    "TicketHandler",
     "TokenHandler",
     "api_routes",
     "requires_access_token",
@@ -192,6 +193,18 @@ class CallbackIpHandler(ApiHandler):
         self.send_json({"ip_list": list(CALLBACK_IPS)})
 
 
+class TicketHandler(ApiHandler):
+    """`GET /cgi-bin/ticket/getticket?access_token=&type=jsapi`: the JS-SDK ticket."""
+
+    @requires_access_token
+    async def get(self, caller: Caller) -> None:
+        """The app's current ticket of the requested type."""
+        ticket, expires_in = self.state.tickets.get(
+            caller.app_id, self.get_argument("type", "jsapi")
+        )
+        self.send_json({"errcode": 0, "errmsg": "ok", "ticket": ticket, "expires_in": expires_in})
+
+
 class NotFoundHandler(ApiHandler):
     """Any path the simulator does not implement: recorded, then HTTP 404."""
 
@@ -208,4 +221,5 @@ def api_routes(state: SimState) -> list[tuple[str, type[ApiHandler], dict[str, A
         (r"/cgi-bin/token", TokenHandler, kwargs),
         (r"/cgi-bin/stable_token", StableTokenHandler, kwargs),
         (r"/cgi-bin/getcallbackip", CallbackIpHandler, kwargs),
+        (r"/cgi-bin/ticket/getticket", TicketHandler, kwargs),
     ]

@@ -24,6 +24,7 @@ from wxplatform.sim.faults import Fault
 from wxplatform.sim.messages import original_id, text_message
 from wxplatform.sim.push import PushResult, push
 from wxplatform.sim.state import SimState
+from wxplatform.sim.tickets import TicketStore
 from wxplatform.sim.tokens import TokenPolicy, TokenStore
 
 __all__ = ["ClockNotAdjustable", "WeChatSimulator"]
@@ -65,7 +66,9 @@ class WeChatSimulator:
     ) -> None:
         self.apps: dict[str, AppConfig] = dict(apps)
         self.clock = clock
-        self.state = SimState(self.apps, clock, TokenStore(self.apps, clock, policy))
+        self.state = SimState(
+            self.apps, clock, TokenStore(self.apps, clock, policy), TicketStore(self.apps, clock)
+        )
         self._server: HTTPServer | None = None
         self._host = "127.0.0.1"
         self._port: int | None = None
@@ -192,7 +195,10 @@ class WeChatSimulator:
 
     def stats(self) -> dict[str, Any]:
         """Tokens issued per app and endpoint, and today's quota use."""
-        return {"apps": self.state.tokens.stats()}
+        apps = self.state.tokens.stats()
+        for app_id, counts in self.state.tickets.stats().items():
+            apps.setdefault(app_id, {}).update(counts)
+        return {"apps": apps}
 
     async def push(
         self,

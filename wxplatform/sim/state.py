@@ -9,6 +9,7 @@ from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.sim.faults import FaultBook
 from wxplatform.sim.journal import RequestLog
+from wxplatform.sim.tickets import TicketStore
 from wxplatform.sim.tokens import TokenStore
 
 __all__ = ["SimState"]
@@ -21,5 +22,6 @@ class SimState:
     apps: Mapping[str, AppConfig]
     clock: Clock
     tokens: TokenStore
+    tickets: TicketStore
     faults: FaultBook = field(default_factory=FaultBook)
     requests: RequestLog = field(default_factory=RequestLog)

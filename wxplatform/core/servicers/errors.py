@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from acme.wxplatform.v1 import error_reason_pb2
@@ -74,7 +77,7 @@ def to_rpc_status(error: WxPlatformError) -> status_pb2.Status:
     """The rich status for a domain error: code, message, ErrorInfo (+ BadRequest)."""
     code = STATUS_BY_REASON.get(error.reason, grpc.StatusCode.INTERNAL)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    details = [info]
+    details: list[Message] = [info]
     if isinstance(error, InvalidRequest):
         details.append(
             error_details_pb2.BadRequest(
@@ -86,6 +89,10 @@ def to_rpc_status(error: WxPlatformError) -> status_pb2.Status:
                 ]
             )
         )
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=error.retry_after))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     packed = []
     for detail in details:
         any_detail = any_pb2.Any()

@@ -1,0 +1,248 @@
+"""TokenService against the WeChat simulator: one token per app, whatever the load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from acme.wxplatform.v1 import token_service_pb2 as pb
+from acme.wxplatform.v1 import token_service_pb2_grpc
+from tests.support import (
+    TEAM_CREDENTIAL,
+    Stack,
+    app_table,
+    bearer,
+    error_info,
+    make_settings,
+    new_app_id,
+    running_simulator,
+    running_stack,
+)
+from wxplatform.clock import ManualClock
+from wxplatform.core.adapters.credential_store import CredentialStore
+from wxplatform.sim import WeChatSimulator
+from wxplatform.wechat.signature import jssdk_signature
+
+
+@dataclass
+class World:
+    sim: WeChatSimulator
+    clock: ManualClock
+    replicas: list[Stack]
+    app_id: str
+
+    def stub(self, replica: int = 0) -> token_service_pb2_grpc.TokenServiceStub:
+        return token_service_pb2_grpc.TokenServiceStub(self.replicas[replica].channel)
+
+    async def token(self, replica: int = 0) -> pb.GetAccessTokenResponse:
+        response: pb.GetAccessTokenResponse = await self.stub(replica).GetAccessToken(
+            pb.GetAccessTokenRequest(app_id=self.app_id),
+            metadata=bearer(TEAM_CREDENTIAL),
+            timeout=10,
+        )
+        return response
+
+    def issued(self, endpoint: str = "stable_token") -> int:
+        return int(self.sim.stats()["apps"][self.app_id][endpoint]["issued"])
+
+
+async def world(redis_client: redis.Redis, replicas: int = 1, **app: Any) -> AsyncIterator[World]:
+    app_id = new_app_id()
+    settings = make_settings(app_table(app_id, **app))
+    clock = ManualClock()
+    async with AsyncExitStack() as stack:
+        sim, settings = await stack.enter_async_context(running_simulator(settings, clock))
+        running = [
+            await stack.enter_async_context(running_stack(settings, redis_client, clock=clock))
+            for _ in range(replicas)
+        ]
+        yield World(sim, clock, running, app_id)
+
+
+@pytest.fixture
+async def one(redis_client: redis.Redis) -> AsyncIterator[World]:
+    async for w in world(redis_client):
+        yield w
+
+
+@pytest.fixture
+async def three(redis_client: redis.Redis) -> AsyncIterator[World]:
+    async for w in world(redis_client, replicas=3):
+        yield w
+
+
+async def test_token_is_fetched_once_and_shared(one: World) -> None:
+    first = await one.token()
+    second = await one.token()
+    assert first.access_token == second.access_token
+    assert first.expire_time.seconds == pytest.approx(one.clock.now() + 7200, abs=2)
+    assert one.issued() == 1
+    requests = one.sim.requests("/cgi-bin/stable_token")
+    assert (
+        requests[0]["json"]["secret"]
+        != one.replicas[0].settings.apps[one.app_id].app_secret.reveal()
+    )
+
+
+async def test_stampede_on_a_cold_cache_fetches_once(three: World) -> None:
+    calls = [three.token(replica) for replica in range(3) for _ in range(500)]
+    tokens = await asyncio.gather(*calls)
+    assert len({t.access_token for t in tokens}) == 1
+    assert three.issued() == 1
+
+
+async def test_near_expiry_exactly_one_replica_refreshes(three: World) -> None:
+    old = await three.token()
+    three.clock.advance(7200 - 200)  # inside the refresh margin, still valid
+    tokens = await asyncio.gather(*(three.token(r) for r in range(3) for _ in range(100)))
+    # Callers are answered at once with the still-valid token or the new one...
+    assert {t.access_token for t in tokens} <= {
+        old.access_token,
+        (await three.token()).access_token,
+    }
+    for _ in range(200):  # ...while one background refresh replaces it
+        if three.issued() == 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert three.issued() == 2
+    new = await three.token(2)
+    assert new.access_token != old.access_token
+    assert new.expire_time.seconds > old.expire_time.seconds
+
+
+async def test_expired_token_is_replaced_once(three: World) -> None:
+    old = await three.token()
+    three.clock.advance(7200 + 10)
+    tokens = await asyncio.gather(*(three.token(r) for r in range(3) for _ in range(100)))
+    assert {t.access_token for t in tokens} != {old.access_token}
+    assert len({t.access_token for t in tokens}) == 1
+    assert three.issued() == 2
+
+
+async def test_concurrent_invalidations_refresh_once(three: World) -> None:
+    old = (await three.token()).access_token
+    request = pb.InvalidateAccessTokenRequest(app_id=three.app_id, access_token=old)
+    answers = await asyncio.gather(
+        *(
+            three.stub(r).InvalidateAccessToken(
+                request, metadata=bearer(TEAM_CREDENTIAL), timeout=10
+            )
+            for r in range(3)
+            for _ in range(34)
+        )
+    )
+    assert sum(a.invalidated for a in answers) == 1
+    assert len({a.access_token for a in answers}) == 1
+    assert answers[0].access_token != old
+    stats = three.sim.stats()["apps"][three.app_id]["stable_token"]
+    assert stats["forced"] == 1  # normal mode returned the rejected token, so one forced refresh
+    # A report about a token that is no longer current changes nothing.
+    again = await three.stub().InvalidateAccessToken(request, metadata=bearer(TEAM_CREDENTIAL))
+    assert not again.invalidated
+    assert again.access_token == answers[0].access_token
+
+
+async def test_forced_refreshes_obey_wechats_limits(one: World) -> None:
+    first = (await one.token()).access_token
+    stub, meta = one.stub(), bearer(TEAM_CREDENTIAL)
+    second = await stub.InvalidateAccessToken(
+        pb.InvalidateAccessTokenRequest(app_id=one.app_id, access_token=first), metadata=meta
+    )
+    assert second.invalidated
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # a second force within 30 s
+        await stub.InvalidateAccessToken(
+            pb.InvalidateAccessTokenRequest(app_id=one.app_id, access_token=second.access_token),
+            metadata=meta,
+        )
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(caught.value)[0] == "TOKEN_REFRESH_LIMITED"
+
+
+async def test_classic_mode_uses_cgi_bin_token(redis_client: redis.Redis) -> None:
+    async for w in world(redis_client, token_mode="classic"):
+        token = await w.token()
+        assert w.issued("token") == 1
+        assert w.issued("stable_token") == 0
+        assert len(token.access_token) > 32
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "reason"),
+    [
+        ({"errcode": 45009}, grpc.StatusCode.RESOURCE_EXHAUSTED, "WECHAT_DAILY_QUOTA_EXHAUSTED"),
+        ({"errcode": 40013}, grpc.StatusCode.FAILED_PRECONDITION, "APP_CREDENTIALS_REJECTED"),
+        ({"errcode": -1, "times": 10}, grpc.StatusCode.UNAVAILABLE, "WECHAT_UNAVAILABLE"),
+        ({"http_status": 502, "times": 10}, grpc.StatusCode.UNAVAILABLE, "WECHAT_UNAVAILABLE"),
+        ({"body": "<html>maintenance</html>"}, grpc.StatusCode.UNAVAILABLE, "WECHAT_BAD_RESPONSE"),
+    ],
+)
+async def test_wechat_failures_map_to_typed_errors(
+    one: World, fault: dict[str, Any], code: grpc.StatusCode, reason: str
+) -> None:
+    one.sim.add_fault("/cgi-bin/stable_token", **fault)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await one.stub().GetAccessToken(
+            pb.GetAccessTokenRequest(app_id=one.app_id), metadata=bearer(TEAM_CREDENTIAL), timeout=3
+        )
+    assert caught.value.code() == code
+    got, metadata = error_info(caught.value)
+    assert got == reason
+    if "errcode" in fault and fault["errcode"] != -1:
+        assert metadata["errcode"] == str(fault["errcode"])
+    secret = one.replicas[0].settings.apps[one.app_id].app_secret.reveal()
+    assert secret not in (caught.value.details() or "")
+
+
+async def test_transient_errors_are_retried(one: World) -> None:
+    one.sim.add_fault("/cgi-bin/stable_token", errcode=-1, times=2)
+    token = await one.token()
+    assert token.access_token
+    assert len(one.sim.requests("/cgi-bin/stable_token")) == 3
+
+
+async def test_js_sdk_signature(one: World) -> None:
+    stub, meta = one.stub(), bearer(TEAM_CREDENTIAL)
+    url = "https://shop.example.com/item?id=42#reviews"
+    first = await stub.GetJsSdkSignature(
+        pb.GetJsSdkSignatureRequest(app_id=one.app_id, url=url), metadata=meta
+    )
+    await stub.GetJsSdkSignature(
+        pb.GetJsSdkSignatureRequest(app_id=one.app_id, url=url), metadata=meta
+    )
+    assert one.sim.stats()["apps"][one.app_id]["ticket_calls"] == 1  # cached
+    ticket, _ = one.sim.state.tickets.get(one.app_id, "jsapi")
+    assert first.url == "https://shop.example.com/item?id=42"
+    assert first.signature == jssdk_signature(ticket, first.nonce_str, first.timestamp, first.url)
+    assert first.timestamp == int(one.clock.now())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetJsSdkSignature(
+            pb.GetJsSdkSignatureRequest(app_id=one.app_id, url="/relative"), metadata=meta
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_stalled_refresher_cannot_store_an_older_token(redis_client: redis.Redis) -> None:
+    store = CredentialStore(redis_client, "token", lock_ms=100)
+    app_id = new_app_id()
+    stalled = await store.acquire(app_id)
+    assert stalled
+    await asyncio.sleep(0.25)  # its lock expires while it is "paused"
+    fresh = await store.acquire(app_id)
+    assert fresh > stalled
+    assert await store.store(app_id, fresh, "newer", int(time.time() * 1000) + 7_200_000)
+    assert not await store.store(app_id, stalled, "older", int(time.time() * 1000) + 7_200_000)
+    current = await store.read(app_id)
+    assert current is not None
+    assert current.value == "newer"
+    # Even holding the lock again later, an older fence cannot overwrite a newer write.
+    await redis_client.set(f"wxp:{{{app_id}}}:token:lock", stalled)
+    assert not await store.store(app_id, stalled, "older", 0)

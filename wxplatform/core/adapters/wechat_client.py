@@ -1,0 +1,191 @@
+"""WeChat's HTTP API: one pooled keep-alive client, errcodes as typed errors, retries.
+
+Retry policy by error class, always inside the caller's deadline:
+
+- not sent (connection refused or timed out, pool exhausted): retry with backoff;
+- HTTP 5xx and errcode -1: WeChat did not act; retry with backoff;
+- sent but no answer (read timeout, connection reset): the outcome is unknown. A call
+  marked `idempotent` (reads, token fetches) is retried; a send is not — it raises
+  `WeChatOutcomeUnknown`, so the caller records it rather than risk sending twice;
+- any other errcode: raised at once as `WeChatRefused` (the caller handles token errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from wxplatform.core import metrics
+from wxplatform.errors import (
+    WeChatBadResponse,
+    WeChatOutcomeUnknown,
+    WeChatRefused,
+    WeChatUnavailable,
+)
+from wxplatform.wechat.errcodes import classify, split_rid
+
+__all__ = ["WeChatClient"]
+
+log = logging.getLogger("wxplatform.core.wechat")
+
+_CONNECT_TIMEOUT = 2.0
+_READ_TIMEOUT = 5.0
+_BACKOFF_START = 0.05
+_BACKOFF_CAP = 1.0
+_MAX_ATTEMPTS = 4
+
+
+class WeChatClient:
+    """Calls `api_base` + path with JSON in UTF-8 (WeChat rejects `\\u` escapes: 40033)."""
+
+    def __init__(self, api_base: str, *, http: httpx.AsyncClient | None = None) -> None:
+        self._base = api_base.rstrip("/")
+        self._http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(_READ_TIMEOUT, connect=_CONNECT_TIMEOUT),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            headers={"User-Agent": "wxplatform"},
+        )
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def get(
+        self, path: str, params: Mapping[str, str], *, deadline: float, token_endpoint: bool = False
+    ) -> dict[str, Any]:
+        """GET a read-only or token endpoint (always safe to retry)."""
+        return await self._call(
+            "GET",
+            path,
+            params,
+            None,
+            deadline=deadline,
+            idempotent=True,
+            token_endpoint=token_endpoint,
+        )
+
+    async def post(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        body: Mapping[str, Any],
+        *,
+        deadline: float,
+        idempotent: bool = False,
+        token_endpoint: bool = False,
+    ) -> dict[str, Any]:
+        """POST JSON; a send (`idempotent=False`) is never re-sent once it may have arrived."""
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return await self._call(
+            "POST",
+            path,
+            params,
+            content,
+            deadline=deadline,
+            idempotent=idempotent,
+            token_endpoint=token_endpoint,
+        )
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        content: bytes | None,
+        *,
+        deadline: float,
+        idempotent: bool,
+        token_endpoint: bool,
+    ) -> dict[str, Any]:
+        """`deadline` is a `time.monotonic()` instant."""
+        delay = _BACKOFF_START
+        last: Exception | None = None
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.01:
+                break
+            started = time.monotonic()
+            try:
+                response = await self._http.request(
+                    method,
+                    self._base + path,
+                    params=params,
+                    content=content,
+                    headers={"Content-Type": "application/json; charset=utf-8"}
+                    if content
+                    else None,
+                    timeout=httpx.Timeout(
+                        min(_READ_TIMEOUT, remaining), connect=min(_CONNECT_TIMEOUT, remaining)
+                    ),
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                self._observe(path, "unreachable", started)
+                last = WeChatUnavailable(f"WeChat unreachable: {exc.__class__.__name__}")
+            except (
+                httpx.TimeoutException,
+                httpx.RemoteProtocolError,
+                httpx.ReadError,
+                httpx.WriteError,
+            ) as exc:
+                self._observe(path, "no_answer", started)
+                if not idempotent:
+                    raise WeChatOutcomeUnknown(
+                        f"no answer from WeChat after sending ({exc.__class__.__name__})"
+                    ) from None
+                last = WeChatUnavailable(f"no answer from WeChat: {exc.__class__.__name__}")
+            else:
+                result = self._parse(path, response, started, token_endpoint)
+                if result is not None:
+                    return result
+                last = WeChatUnavailable(f"WeChat busy (HTTP {response.status_code})")
+            if attempt < _MAX_ATTEMPTS:
+                pause = min(
+                    delay * random.uniform(0.5, 1.5),  # noqa: S311 - jitter, not crypto
+                    max(deadline - time.monotonic() - 0.01, 0),
+                )
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, _BACKOFF_CAP)
+        raise last or WeChatUnavailable("no time left to call WeChat")
+
+    def _parse(
+        self, path: str, response: httpx.Response, started: float, token_endpoint: bool
+    ) -> dict[str, Any] | None:
+        """The JSON body; None for a transient failure worth retrying."""
+        if response.status_code >= 500:
+            self._observe(path, "http_5xx", started)
+            return None
+        try:
+            data = response.json()
+        except ValueError:
+            self._observe(path, "bad_response", started)
+            raise WeChatBadResponse(
+                f"WeChat answered HTTP {response.status_code} without JSON"
+            ) from None
+        if not isinstance(data, dict):
+            self._observe(path, "bad_response", started)
+            raise WeChatBadResponse("WeChat answered JSON that is not an object")
+        errcode = data.get("errcode", 0)
+        if not isinstance(errcode, int) or errcode == 0:
+            self._observe(path, "ok", started)
+            return data
+        errmsg, rid = split_rid(str(data.get("errmsg", "")))
+        kind = classify(errcode, token_endpoint=token_endpoint)
+        self._observe(path, f"errcode_{errcode}", started)
+        if kind.retry == "backoff":
+            return None
+        log.info("wechat refused", extra={"api": path, "errcode": errcode, "rid": rid})
+        raise WeChatRefused(
+            kind.reason, errcode, errmsg, rid, retry_after=60.0 if kind.retry == "later" else None
+        )
+
+    @staticmethod
+    def _observe(path: str, outcome: str, started: float) -> None:
+        metrics.WECHAT_CALLS.labels(path, outcome).inc()
+        metrics.WECHAT_DURATION.labels(path).observe(time.monotonic() - started)

@@ -1,0 +1,192 @@
+"""One shared, always-fresh credential per app (access token, JS-SDK ticket).
+
+Readers never call WeChat while the stored credential is good. It is refreshed ahead of
+expiry by exactly one replica: the refresher takes a fenced Redis lock, re-checks that
+nobody refreshed meanwhile, fetches, and stores only if still fenced in. Within a
+process, concurrent callers share one refresh (single flight); on other replicas they
+wait for the lock holder's result instead of fetching again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from wxplatform.clock import Clock
+from wxplatform.config import AppConfig
+from wxplatform.core.adapters.credential_store import CredentialStore, StoredCredential
+from wxplatform.errors import TokenUnavailable
+
+__all__ = ["Credential", "CredentialManager", "Fetch"]
+
+log = logging.getLogger("wxplatform.core.credentials")
+
+# Refresh this long before expiry. Below stable_token's 5-minute roll-over, so the
+# refresh gets the rolled token rather than the same one again.
+REFRESH_MARGIN = 240.0
+_LOCAL_CACHE = 2.0  # seconds a replica trusts its in-process copy without asking Redis
+_WAIT_START, _WAIT_CAP = 0.02, 0.2  # polling while another replica refreshes
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A credential and the wall-clock time it expires."""
+
+    value: str = field(repr=False)
+    expires_at: float
+
+
+# fetch(app, rejected value or None, monotonic deadline) -> (value, expires_in seconds)
+Fetch = Callable[[AppConfig, str | None, float], Awaitable[tuple[str, int]]]
+
+
+@dataclass
+class _Local:
+    credential: Credential
+    checked_at: float
+
+
+class CredentialManager:
+    """Get, refresh and invalidate one kind of credential for every app."""
+
+    def __init__(self, kind: str, store: CredentialStore, fetch: Fetch, clock: Clock) -> None:
+        self.kind = kind
+        self._store = store
+        self._fetch = fetch
+        self._clock = clock
+        self._local: dict[str, _Local] = {}
+        self._flights: dict[str, asyncio.Task[Credential]] = {}
+
+    async def get(self, app: AppConfig, *, deadline: float) -> Credential:
+        """The current credential, refreshing it first when missing or expired."""
+        now = self._clock.now()
+        local = self._local.get(app.app_id)
+        if (
+            local
+            and now - local.checked_at < _LOCAL_CACHE
+            and local.credential.expires_at - now > REFRESH_MARGIN
+        ):
+            return local.credential
+        stored = await self._store.read(app.app_id)
+        if stored is not None:
+            credential = Credential(stored.value, stored.expires_ms / 1000)
+            left = credential.expires_at - now
+            if left > REFRESH_MARGIN:
+                self._local[app.app_id] = _Local(credential, now)
+                return credential
+            if left > 5:
+                # Still valid: answer now, refresh in the background ahead of expiry.
+                self._start(app, stored, None)
+                return credential
+        return await self._wait(self._start(app, stored, None), deadline)
+
+    async def invalidate(
+        self, app: AppConfig, value: str, *, deadline: float
+    ) -> tuple[bool, Credential]:
+        """Report `value` rejected by WeChat; returns (was it current, credential to use now)."""
+        self._local.pop(app.app_id, None)
+        if await self._store.invalidate(app.app_id, value):
+            log.info("credential invalidated", extra={"app_id": app.app_id, "kind": self.kind})
+            stale = StoredCredential(value, 0, -1)
+            return True, await self._wait(self._start(app, stale, value), deadline)
+        return False, await self.get(app, deadline=deadline)
+
+    async def close(self) -> None:
+        """Wait for refreshes in flight (each bounded by its own deadline)."""
+        await asyncio.gather(*self._flights.values(), return_exceptions=True)
+
+    async def refresh_if_due(self, app: AppConfig, *, deadline: float) -> None:
+        """Refresh ahead of expiry (the background loop); nothing for an unused app."""
+        stored = await self._store.read(app.app_id)
+        if stored is not None and stored.expires_ms / 1000 - self._clock.now() <= REFRESH_MARGIN:
+            await self._wait(self._start(app, stored, None), deadline)
+
+    def _start(
+        self, app: AppConfig, stale: StoredCredential | None, rejected: str | None
+    ) -> asyncio.Task[Credential]:
+        """The refresh in flight for this app in this process, started if needed."""
+        flight = self._flights.get(app.app_id)
+        if flight is None or flight.done():
+            flight = asyncio.create_task(self._refresh(app, stale, rejected))
+            self._flights[app.app_id] = flight
+            flight.add_done_callback(lambda t: t.cancelled() or t.exception())  # consumed here
+        return flight
+
+    async def _wait(self, flight: asyncio.Task[Credential], deadline: float) -> Credential:
+        remaining = deadline - time.monotonic()
+        try:
+            # Shielded: one impatient caller must not cancel the refresh others share.
+            return await asyncio.wait_for(asyncio.shield(flight), max(remaining, 0.001))
+        except TimeoutError:
+            raise TokenUnavailable(f"{self.kind} refresh did not finish in time") from None
+
+    async def _refresh(
+        self, app: AppConfig, stale: StoredCredential | None, rejected: str | None
+    ) -> Credential:
+        # A refresh runs to its own deadline, independent of any one caller's.
+        deadline = time.monotonic() + 10.0
+        pause = _WAIT_START
+        while time.monotonic() < deadline:
+            fence = await self._store.acquire(app.app_id)
+            if fence:
+                return await self._refresh_locked(app, fence, stale, rejected, deadline)
+            # Another replica is refreshing: wait for its result rather than fetch again.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _WAIT_CAP)
+            fresh = self._usable(await self._store.read(app.app_id), stale)
+            if fresh is not None:
+                return fresh
+        raise TokenUnavailable(f"{self.kind} refresh timed out waiting for another replica")
+
+    async def _refresh_locked(
+        self,
+        app: AppConfig,
+        fence: int,
+        stale: StoredCredential | None,
+        rejected: str | None,
+        deadline: float,
+    ) -> Credential:
+        stored = False
+        try:
+            # Re-check under the lock: the previous holder may have just refreshed.
+            fresh = self._usable(await self._store.read(app.app_id), stale)
+            if fresh is not None:
+                return fresh
+            value, expires_in = await self._fetch(app, rejected, deadline)
+            credential = Credential(value, self._clock.now() + expires_in)
+            stored = await self._store.store(
+                app.app_id, fence, value, int(credential.expires_at * 1000)
+            )
+            if not stored:
+                # Our lock expired while fetching and a newer refresh wrote: use that one.
+                newer = self._usable(await self._store.read(app.app_id), None)
+                if newer is None:
+                    raise TokenUnavailable(f"{self.kind} refresh lost its lock")
+                return newer
+            self._local[app.app_id] = _Local(credential, self._clock.now())
+            log.info(
+                "credential refreshed",
+                extra={"app_id": app.app_id, "kind": self.kind, "expires_in": expires_in},
+            )
+            return credential
+        finally:
+            if not stored:
+                await self._store.release(app.app_id, fence)
+
+    def _usable(
+        self, current: StoredCredential | None, stale: StoredCredential | None
+    ) -> Credential | None:
+        """`current` if someone else refreshed it since we saw `stale`, and it is good."""
+        if current is None:
+            return None
+        left = current.expires_ms / 1000 - self._clock.now()
+        unchanged = stale is not None and (current.fence, current.value) == (
+            stale.fence,
+            stale.value,
+        )
+        if left <= 5 or (unchanged and left <= REFRESH_MARGIN):
+            return None
+        return Credential(current.value, current.expires_ms / 1000)

@@ -1,0 +1,209 @@
+"""The central access token (WeChat's 中控服务器) and the JS-SDK ticket and signature."""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from wxplatform.clock import Clock
+from wxplatform.config import AppConfig
+from wxplatform.core.adapters.credential_store import CredentialStore
+from wxplatform.core.adapters.wechat_client import WeChatClient
+from wxplatform.core.services.credentials import Credential, CredentialManager
+from wxplatform.errors import (
+    AppKindMismatch,
+    AppNotFound,
+    FieldViolation,
+    InvalidRequest,
+    TokenRefreshLimited,
+    WeChatBadResponse,
+    WeChatRefused,
+)
+from wxplatform.wechat.errcodes import classify
+from wxplatform.wechat.signature import jssdk_signature
+
+__all__ = ["JsSdkConfig", "TokenService"]
+
+T = TypeVar("T")
+
+# stable_token force mode: WeChat ignores forced refreshes closer than 30 s and allows 20
+# a day (PROTOCOL.md §5.1). Counted per Beijing day, when WeChat's quotas reset.
+_FORCE_GAP_MS = 30_000
+_FORCE_PER_DAY = 20
+_BEIJING = 8 * 3600
+
+
+@dataclass(frozen=True)
+class JsSdkConfig:
+    """What a page passes to `wx.config`."""
+
+    app_id: str
+    timestamp: int
+    nonce_str: str
+    signature: str
+    url: str
+
+
+def _credential(data: Mapping[str, Any], name: str) -> tuple[str, int]:
+    value, expires_in = data.get(name), data.get("expires_in")
+    if (
+        not isinstance(value, str)
+        or not value
+        or not isinstance(expires_in, int)
+        or expires_in <= 0
+    ):
+        raise WeChatBadResponse(f"WeChat's answer has no usable {name}")
+    return value, expires_in
+
+
+class TokenService:
+    """Access tokens and JS-SDK tickets for every app, shared by all replicas and teams."""
+
+    def __init__(
+        self,
+        apps: Mapping[str, AppConfig],
+        wechat: WeChatClient,
+        token_store: CredentialStore,
+        ticket_store: CredentialStore,
+        clock: Clock,
+    ) -> None:
+        self._apps = apps
+        self._wechat = wechat
+        self._clock = clock
+        self._force_store = token_store
+        self.tokens = CredentialManager("access_token", token_store, self._fetch_token, clock)
+        self.tickets = CredentialManager("jsapi_ticket", ticket_store, self._fetch_ticket, clock)
+
+    def app(self, app_id: str) -> AppConfig:
+        """The configured app, or `AppNotFound`."""
+        app = self._apps.get(app_id)
+        if app is None:
+            raise AppNotFound(app_id)
+        return app
+
+    async def get_access_token(self, app_id: str, *, deadline: float) -> Credential:
+        """The app's current access token."""
+        return await self.tokens.get(self.app(app_id), deadline=deadline)
+
+    async def invalidate_access_token(
+        self, app_id: str, token: str, *, deadline: float
+    ) -> tuple[bool, Credential]:
+        """Discard `token` if it is still current; returns the token to use now."""
+        if not token:
+            raise InvalidRequest(FieldViolation("access_token", "is required"))
+        return await self.tokens.invalidate(self.app(app_id), token, deadline=deadline)
+
+    async def with_token(
+        self, app: AppConfig, call: Callable[[str], Awaitable[T]], *, deadline: float
+    ) -> T:
+        """Run `call(access_token)`; if WeChat rejects the token, replace it and retry once."""
+        token = await self.tokens.get(app, deadline=deadline)
+        try:
+            return await call(token.value)
+        except WeChatRefused as exc:
+            if classify(exc.errcode).retry != "token":
+                raise
+        # Never loop: one retry with the replacement, whatever it answers.
+        _, token = await self.tokens.invalidate(app, token.value, deadline=deadline)
+        return await call(token.value)
+
+    async def js_sdk_config(self, app_id: str, url: str, *, deadline: float) -> JsSdkConfig:
+        """The signed `wx.config` values for a page."""
+        app = self.app(app_id)
+        if app.kind != "official_account":
+            raise AppKindMismatch("the JS-SDK belongs to official accounts")
+        page = url.split("#", 1)[0]
+        parts = urllib.parse.urlsplit(page)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidRequest(FieldViolation("url", "must be an absolute http(s) URL"))
+        if not parts.path:
+            page = urllib.parse.urlunsplit(parts._replace(path="/"))  # as the browser reports it
+        ticket = await self.tickets.get(app, deadline=deadline)
+        nonce = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
+        timestamp = int(self._clock.now())
+        signature = jssdk_signature(ticket.value, nonce, timestamp, page)
+        return JsSdkConfig(app.app_id, timestamp, nonce, signature, page)
+
+    async def _fetch_token(
+        self, app: AppConfig, rejected: str | None, deadline: float
+    ) -> tuple[str, int]:
+        if app.token_mode == "classic":  # noqa: S105 - a mode name
+            data = await self._wechat.get(
+                "/cgi-bin/token",
+                {
+                    "grant_type": "client_credential",
+                    "appid": app.app_id,
+                    "secret": app.app_secret.reveal(),
+                },
+                deadline=deadline,
+                token_endpoint=True,
+            )
+            return _credential(data, "access_token")
+        token = await self._stable_token(app, force=False, deadline=deadline)
+        if rejected is None or token[0] != rejected:
+            return token
+        # Normal mode hands back the same token while WeChat thinks it valid; the caller
+        # saw it rejected (leaked and force-refreshed elsewhere), so force a new one.
+        day = int((self._clock.now() + _BEIJING) // 86400)
+        allowed = await self._force_store.allow_forced_refresh(
+            app.app_id,
+            int(self._clock.now() * 1000),
+            day,
+            gap_ms=_FORCE_GAP_MS,
+            per_day=_FORCE_PER_DAY,
+        )
+        if allowed != 1:
+            raise TokenRefreshLimited(
+                "a forced token refresh is limited to one per 30 s and 20 a day",
+                retry_after=30.0 if allowed == 0 else None,
+            )
+        return await self._stable_token(app, force=True, deadline=deadline)
+
+    async def _stable_token(
+        self, app: AppConfig, *, force: bool, deadline: float
+    ) -> tuple[str, int]:
+        body = {
+            "grant_type": "client_credential",
+            "appid": app.app_id,
+            "secret": app.app_secret.reveal(),
+            "force_refresh": force,
+        }
+        data = await self._wechat.post(
+            "/cgi-bin/stable_token",
+            {},
+            body,
+            deadline=deadline,
+            idempotent=not force,
+            token_endpoint=True,
+        )
+        return _credential(data, "access_token")
+
+    async def _fetch_ticket(
+        self, app: AppConfig, rejected: str | None, deadline: float
+    ) -> tuple[str, int]:
+        async def fetch(token: str) -> dict[str, Any]:
+            return await self._wechat.get(
+                "/cgi-bin/ticket/getticket",
+                {"access_token": token, "type": "jsapi"},
+                deadline=deadline,
+            )
+
+        return _credential(await self.with_token(app, fetch, deadline=deadline), "ticket")
+
+    async def close(self) -> None:
+        """Wait for refreshes still in flight."""
+        await self.tokens.close()
+        await self.tickets.close()
+
+    async def keep_fresh(self) -> None:
+        """One pass of the background refresher over every app's token and ticket."""
+        for app in self._apps.values():
+            deadline = time.monotonic() + 10
+            await self.tokens.refresh_if_due(app, deadline=deadline)
+            if app.kind == "official_account":
+                await self.tickets.refresh_if_due(app, deadline=deadline)
