@@ -135,6 +135,7 @@ class AppConfig:
     # `stable` uses /cgi-bin/stable_token (normal mode; force only to replace a rejected
     # token); `classic` uses /cgi-bin/token, which invalidates the previous token.
     token_mode: TokenMode = "stable"  # noqa: S105 - a mode name, not a secret
+    send_rate_per_second: int = 100  # wxplatform's own limit on this app's sends
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,8 @@ class CoreConfig:
     dedup_ttl_seconds: int = 24 * 3600
     event_retention: int = 100_000  # events kept per app stream (approximate trim)
     max_deliveries: int = 5  # to one consumer group, then the dead-letter stream
+    idempotency_ttl_seconds: int = 24 * 3600  # one WeChat call per key within this horizon
+    delivery_ttl_seconds: int = 30 * 86400  # delivery records kept this long
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,12 @@ def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Sett
         ),
         event_retention=_int_range(t, "event_retention", CoreConfig.event_retention, 100, 10**8),
         max_deliveries=_int_range(t, "max_deliveries", CoreConfig.max_deliveries, 1, 1000),
+        idempotency_ttl_seconds=_int_range(
+            t, "idempotency_ttl_seconds", CoreConfig.idempotency_ttl_seconds, 60, 30 * 86400
+        ),
+        delivery_ttl_seconds=_int_range(
+            t, "delivery_ttl_seconds", CoreConfig.delivery_ttl_seconds, 3600, 365 * 86400
+        ),
     )
     t.done()
 
@@ -452,6 +461,7 @@ def _parse_app(t: _Table) -> AppConfig:
     encryption = t.choice("encryption", ("plaintext", "compatible", "safe"), "plaintext")
     data_format = t.choice("data_format", ("xml", "json"), "xml")
     token_mode = t.choice("token_mode", ("stable", "classic"), "stable")
+    send_rate = _int_range(t, "send_rate_per_second", AppConfig.send_rate_per_second, 1, 100_000)
     secret = t.get("app_secret", str, required=True)
     if not secret:
         raise ConfigError(t.key("app_secret"), "must not be empty")
@@ -490,6 +500,7 @@ def _parse_app(t: _Table) -> AppConfig:
         default_reply=default,
         subscribe_reply=welcome,
         token_mode=token_mode,  # type: ignore[arg-type]
+        send_rate_per_second=send_rate,
     )
 
 

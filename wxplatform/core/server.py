@@ -19,6 +19,7 @@ from acme.wxplatform.v1 import (
     ingress_service_pb2,
     ingress_service_pb2_grpc,
     messaging_service_pb2,
+    messaging_service_pb2_grpc,
     oauth_service_pb2,
     session_service_pb2,
     token_service_pb2,
@@ -30,15 +31,18 @@ from wxplatform.core import metrics
 from wxplatform.core.adapters.credential_store import CredentialStore
 from wxplatform.core.adapters.event_log import EventLog
 from wxplatform.core.adapters.ingress_store import IngressStore
+from wxplatform.core.adapters.message_store import MessageStore
 from wxplatform.core.adapters.wechat_client import WeChatClient
 from wxplatform.core.metrics import MetricsServer
 from wxplatform.core.servicers.events import EventServicer
 from wxplatform.core.servicers.ingress import IngressServicer
 from wxplatform.core.servicers.interceptors import default_interceptors
+from wxplatform.core.servicers.messaging import MessagingServicer
 from wxplatform.core.servicers.tokens import TokenServicer
 from wxplatform.core.servicers.unimplemented import unimplemented_handler
 from wxplatform.core.services.events import EventService
 from wxplatform.core.services.ingress import IngressService
+from wxplatform.core.services.messaging import MessagingService
 from wxplatform.core.services.tokens import TokenService
 
 __all__ = ["API_SERVICES", "CoreServer", "create_server"]
@@ -62,7 +66,6 @@ API_SERVICES = tuple(
 
 # Services whose RPCs are not implemented yet (UNIMPLEMENTED with NOT_IMPLEMENTED).
 _UNIMPLEMENTED = (
-    messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"],
     oauth_service_pb2.DESCRIPTOR.services_by_name["OAuthService"],
     session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
 )
@@ -125,7 +128,6 @@ async def create_server(
         event_retention=settings.core.event_retention,
     )
     clock = clock or SystemClock()
-    ingress = IngressService(settings.apps, store, clock)
     wechat = WeChatClient(settings.wechat.api_base)
     tokens = TokenService(
         settings.apps,
@@ -134,6 +136,13 @@ async def create_server(
         CredentialStore(redis_client, "ticket:jsapi"),
         clock,
     )
+    messages = MessageStore(
+        redis_client,
+        idempotency_ttl_seconds=settings.core.idempotency_ttl_seconds,
+        record_ttl_seconds=settings.core.delivery_ttl_seconds,
+    )
+    messaging = MessagingService(settings.apps, messages, wechat, tokens, clock)
+    ingress = IngressService(settings.apps, store, clock, results=messaging)
     event_log = EventLog(redis_client, retention=settings.core.event_retention)
     events = EventService(
         settings.apps,
@@ -149,6 +158,9 @@ async def create_server(
     ingress_service_pb2_grpc.add_IngressServiceServicer_to_server(IngressServicer(ingress), server)
     event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
     token_service_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(tokens), server)
+    messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(
+        MessagingServicer(messaging), server
+    )
     server.add_generic_rpc_handlers([unimplemented_handler(s) for s in _UNIMPLEMENTED])
 
     health = health_aio.HealthServicer()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from google.protobuf import json_format
 
@@ -16,9 +18,19 @@ from wxplatform.config import AppConfig
 from wxplatform.core.adapters.ingress_store import Accepted, IngressStore, ReplayCheck
 from wxplatform.core.services.interactions import windows_opened_by
 from wxplatform.core.services.replies import choose_reply
-from wxplatform.errors import AppNotFound, FieldViolation, InvalidRequest
+from wxplatform.errors import AppNotFound, FieldViolation, InvalidRequest, WxPlatformError
 
-__all__ = ["Delivered", "IngressService", "dedup_key"]
+__all__ = ["Delivered", "IngressService", "ResultSink", "dedup_key"]
+
+log = logging.getLogger("wxplatform.core.ingress")
+
+
+class ResultSink(Protocol):
+    """Who learns about WeChat's asynchronous send results (messaging)."""
+
+    async def record_result(self, message: inbound.InboundMessage) -> None:
+        """Apply a TEMPLATESENDJOBFINISH or subscribe_msg_sent_event."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -48,10 +60,17 @@ def dedup_key(message: inbound.InboundMessage) -> str:
 class IngressService:
     """Processes each inbound message once and answers every delivery alike."""
 
-    def __init__(self, apps: Mapping[str, AppConfig], store: IngressStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        apps: Mapping[str, AppConfig],
+        store: IngressStore,
+        clock: Clock,
+        results: ResultSink | None = None,
+    ) -> None:
         self._apps = apps
         self._store = store
         self._clock = clock
+        self._results = results
 
     async def deliver(
         self, app_id: str, message: inbound.InboundMessage, *, wait_seconds: float
@@ -89,9 +108,20 @@ class IngressService:
             # claim nobody will complete. Shielded so the cancel cannot cut it short.
             await asyncio.shield(self._store.release(app_id, key, admission))
             raise
+        if committed is not None and self._results is not None:
+            await self._record_result(message)
         # A lost claim means another replica accepted the message; the rules are
         # deterministic, so the reply is the same either way.
         return Delivered(reply, committed is None, key)
+
+    async def _record_result(self, message: inbound.InboundMessage) -> None:
+        """Let messaging update the delivery a result event reports on."""
+        assert self._results is not None
+        try:
+            await self._results.record_result(message)
+        except WxPlatformError:
+            # The event itself is accepted and fanned out; only the record update failed.
+            log.exception("could not apply a result event to its delivery record")
 
 
 def _validate(app_id: str, message: inbound.InboundMessage) -> None:
