@@ -100,6 +100,10 @@ class EdgeHandler(tornado.web.RequestHandler):
                 "rejected",
                 extra={"reason": exc.reason, "detail": exc.detail, "status": status_code},
             )
+        # send_error cleared the headers prepare() set; the request id lets a caller
+        # match this refusal to its log line.
+        self.set_header(REQUEST_ID_HEADER, getattr(self, "request_id", ""))
+        self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"{status_code} {self._reason}\n")
 

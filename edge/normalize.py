@@ -40,11 +40,21 @@ def _text(fields: Mapping[str, Any], name: str) -> str:
     return str(value)
 
 
-def _int(fields: Mapping[str, Any], name: str) -> int:
+_INT32 = range(-(2**31), 2**31)
+_INT64 = range(-(2**63), 2**63)
+
+
+def _int(fields: Mapping[str, Any], name: str, valid: range = _INT32) -> int:
+    """The field as an integer of the proto field's range; 0 if it is not one."""
     try:
-        return int(_text(fields, name).strip() or 0)
+        value = int(_text(fields, name).strip() or 0)
     except ValueError:
         return 0
+    return value if value in valid else 0
+
+
+def _int64(fields: Mapping[str, Any], name: str) -> int:
+    return _int(fields, name, _INT64)
 
 
 def _float(fields: Mapping[str, Any], name: str) -> float:
@@ -253,10 +263,10 @@ _EVENTS: dict[str, Builder] = {
         pb.MassSendJobFinishEvent(
             msg_id=_text(f, "MsgID"),
             status=_text(f, "Status"),
-            total_count=_int(f, "TotalCount"),
-            filter_count=_int(f, "FilterCount"),
-            sent_count=_int(f, "SentCount"),
-            error_count=_int(f, "ErrorCount"),
+            total_count=_int64(f, "TotalCount"),
+            filter_count=_int64(f, "FilterCount"),
+            sent_count=_int64(f, "SentCount"),
+            error_count=_int64(f, "ErrorCount"),
         )
     ),
     "subscribe_msg_popup_event": lambda f, m: m.subscribe_message_popup.CopyFrom(

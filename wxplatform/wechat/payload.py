@@ -9,6 +9,7 @@ container elements WeChat documents as repeating (`item`, `List`) may repeat.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError
@@ -22,6 +23,9 @@ __all__ = ["MalformedPayload", "Payload", "parse_json", "parse_xml", "render_xml
 Payload = dict[str, Any]
 
 REPEATABLE = frozenset({"item", "List"})
+_DECLARED_ENCODING = re.compile(
+    r"\s*<\?xml\b[^>]*?\bencoding\s*=\s*[\"']([^\"']*)[\"']", re.IGNORECASE
+)
 DEFAULT_MAX_DEPTH = 8
 
 
@@ -47,12 +51,14 @@ def _decode(body: bytes) -> str:
 
 def parse_xml(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Payload:
     """Parse a `<xml>…</xml>` push into a Payload."""
-    text = _decode(body)
-    head = text.lstrip()[:100].lower()
-    if head.startswith("<?xml") and "encoding" in head and "utf-8" not in head:
+    text = _decode(body).removeprefix("\ufeff")  # a UTF-8 byte-order mark is harmless
+    declared = _DECLARED_ENCODING.match(text)
+    if declared and declared.group(1).lower().replace("_", "-") not in ("utf-8", "utf8"):
         raise MalformedPayload("encoding", "only UTF-8 XML is accepted")
     try:
-        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        # Parsing the decoded text, not the bytes, so a declaration can never make the
+        # parser read the body in another encoding than the UTF-8 it was checked as.
+        root = SafeET.fromstring(text, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:
         raise MalformedPayload("dtd", type(exc).__name__) from exc
     except ParseError as exc:
@@ -109,11 +115,17 @@ def parse_json(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Payload:
 
 
 def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+    """Nesting depth, computed without recursion (json.loads accepts ~1000 levels)."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 def render_xml(fields: Mapping[str, Any]) -> bytes:

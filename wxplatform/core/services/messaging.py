@@ -221,9 +221,12 @@ class MessagingService:
                 raise IdempotencyKeyReused("idempotency key was used with a different request")
             case "circuit":
                 raise WeChatRefused(
-                    "WECHAT_DAILY_QUOTA_EXHAUSTED", _DAILY_QUOTA, "daily quota reached earlier today", "",
+                    "WECHAT_DAILY_QUOTA_EXHAUSTED",
+                    _DAILY_QUOTA,
+                    "daily quota reached earlier today",
+                    "",
                     retry_after=begun.wait_ms / 1000,
-                )  # fmt: skip
+                )
             case "rate":
                 raise RateLimited(
                     f"over {app.send_rate_per_second} sends per second for this app",
@@ -247,7 +250,16 @@ class MessagingService:
         # Shielded: once WeChat may have been called, the outcome must be recorded even
         # if the caller gives up, or a retry with the same key could send twice.
         return await asyncio.shield(
-            self._deliver(app, outbound, delivery, idem, digest, openid, begun.window, deadline)
+            self._deliver(
+                app,
+                outbound,
+                delivery,
+                idem=idem,
+                digest=digest,
+                openid=openid,
+                window=begun.window,
+                deadline=deadline,
+            )
         )
 
     async def _deliver(
@@ -255,6 +267,7 @@ class MessagingService:
         app: AppConfig,
         outbound: Outbound,
         delivery: pb.Delivery,
+        *,
         idem: str,
         digest: str,
         openid: str | None,

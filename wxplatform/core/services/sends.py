@@ -206,7 +206,7 @@ def customer_send(app: AppConfig, request: pb.SendCustomerMessageRequest) -> Out
     return Outbound("/cgi-bin/message/custom/send", body, request.to_user, kind)
 
 
-def _customer_payload(
+def _customer_payload(  # noqa: PLR0912 - one branch per message type
     request: pb.SendCustomerMessageRequest, kind: str | None, checks: _Checks, app: AppConfig
 ) -> dict[str, Any]:
     match kind:
