@@ -20,7 +20,9 @@ from .sim_support import (
     PLAIN,
     SAFE,
     START,
+    Receiver,
     make_app,
+    running_receiver,
 )
 
 
@@ -60,3 +62,10 @@ async def client(sim: WeChatSimulator) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the simulator."""
     async with httpx.AsyncClient(base_url=sim.base_url, trust_env=False, timeout=10) as c:
         yield c
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A stand-in edge on a free port that records what it is pushed."""
+    async with running_receiver() as state:
+        yield state

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application, RequestHandler
 
 from wxplatform.config import AppConfig, Secret
 
@@ -108,3 +115,58 @@ async def advance(client: httpx.AsyncClient, seconds: float) -> None:
     """Move the simulator's ManualClock through the control API."""
     response = await client.post("/_sim/clock", json={"advance": seconds})
     assert response.status_code == 200, response.text
+
+
+@dataclass
+class Received:
+    """One request as the receiver saw it."""
+
+    app_id: str
+    query: dict[str, str]
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass
+class Receiver:
+    """A stand-in edge: records requests, answers with `answer`, may stall first."""
+
+    base_url: str = ""
+    received: list[Received] = field(default_factory=list)
+    answer: Callable[[Received], tuple[int, bytes]] = lambda _: (200, b"success")
+    stall: int = 0  # how many requests get no answer at all
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _Edge(RequestHandler):
+    def initialize(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    async def post(self, app_id: str) -> None:
+        receiver = self.receiver
+        query = {k: self.get_query_argument(k) or "" for k in self.request.query_arguments}
+        got = Received(app_id, query, self.request.body, dict(self.request.headers))
+        receiver.received.append(got)
+        if len(receiver.received) <= receiver.stall:
+            # Never answer; the pusher gives up and drops the connection.
+            await receiver.released.wait()
+            return
+        status, body = receiver.answer(got)
+        self.set_status(status)
+        self.finish(body)
+
+
+@asynccontextmanager
+async def running_receiver() -> AsyncIterator[Receiver]:
+    """A receiver listening on a free loopback port."""
+    state = Receiver()
+    sockets = bind_sockets(0, address="127.0.0.1")
+    server = HTTPServer(Application([(r"/wx/([^/]+)", _Edge, {"receiver": state})]))
+    server.add_sockets(sockets)
+    state.base_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    try:
+        yield state
+    finally:
+        state.released.set()
+        server.stop()
+        await server.close_all_connections()

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
 
 from wxplatform.clock import ManualClock
 from wxplatform.config import AppConfig
@@ -29,63 +25,10 @@ from wxplatform.wechat.crypto import MessageCrypto
 from wxplatform.wechat.payload import parse_json, parse_xml, render_xml
 from wxplatform.wechat.signature import sign
 
-from .sim_support import COMPAT, DOC_MP, PLAIN, SAFE, START, load_vector, make_app
+from .sim_support import COMPAT, DOC_MP, PLAIN, SAFE, START, Receiver, load_vector, make_app
 
 OPENID = "oUser_4Xq2bKc9mN8pT5rW1yZ3vA"
 NONCE = "1514711492"
-
-
-@dataclass
-class Received:
-    """One request as the receiver saw it."""
-
-    app_id: str
-    query: dict[str, str]
-    body: bytes
-    headers: dict[str, str]
-
-
-@dataclass
-class Receiver:
-    """A stand-in edge: records requests, answers with `answer`, may stall first."""
-
-    base_url: str = ""
-    received: list[Received] = field(default_factory=list)
-    answer: Callable[[Received], tuple[int, bytes]] = lambda _: (200, b"success")
-    stall: int = 0  # how many requests get no answer at all
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-class _Edge(RequestHandler):
-    def initialize(self, receiver: Receiver) -> None:
-        self.receiver = receiver
-
-    async def post(self, app_id: str) -> None:
-        receiver = self.receiver
-        query = {k: self.get_query_argument(k) or "" for k in self.request.query_arguments}
-        got = Received(app_id, query, self.request.body, dict(self.request.headers))
-        receiver.received.append(got)
-        if len(receiver.received) <= receiver.stall:
-            # Never answer; the pusher gives up and drops the connection.
-            await receiver.released.wait()
-            return
-        status, body = receiver.answer(got)
-        self.set_status(status)
-        self.finish(body)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    """A running receiver on a free port."""
-    state = Receiver()
-    sockets = bind_sockets(0, address="127.0.0.1")
-    server = HTTPServer(Application([(r"/wx/([^/]+)", _Edge, {"receiver": state})]))
-    server.add_sockets(sockets)
-    state.base_url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-    yield state
-    state.released.set()
-    server.stop()
-    await server.close_all_connections()
 
 
 def as_strings(fields: dict[str, Any]) -> dict[str, str]:

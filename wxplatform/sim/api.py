@@ -216,10 +216,18 @@ class NotFoundHandler(ApiHandler):
 
 def api_routes(state: SimState) -> list[tuple[str, type[ApiHandler], dict[str, Any]]]:
     """The URL table of the simulated API."""
+    # The send endpoints build on ApiHandler above: import them here, not at the top.
+    from wxplatform.sim.custom import CustomSendHandler
+    from wxplatform.sim.sends import BizSendHandler, SubscribeSendHandler, TemplateSendHandler
+
     kwargs = {"state": state}
     return [
         (r"/cgi-bin/token", TokenHandler, kwargs),
         (r"/cgi-bin/stable_token", StableTokenHandler, kwargs),
         (r"/cgi-bin/getcallbackip", CallbackIpHandler, kwargs),
         (r"/cgi-bin/ticket/getticket", TicketHandler, kwargs),
+        (r"/cgi-bin/message/template/send", TemplateSendHandler, kwargs),
+        (r"/cgi-bin/message/custom/send", CustomSendHandler, kwargs),
+        (r"/cgi-bin/message/subscribe/bizsend", BizSendHandler, kwargs),
+        (r"/cgi-bin/message/subscribe/send", SubscribeSendHandler, kwargs),
     ]

@@ -2,13 +2,14 @@
 
 Run it in-process (tests: `async with WeChatSimulator(apps, ManualClock()) as sim`) or
 from the CLI. The Python control methods here mirror the `/_sim/` HTTP control API, so
-a test can use either.
+a test can use either. Pushes made through the simulator (`push`, `/_sim/push`) teach
+it who the users are and what they did; the send endpoints answer from that.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -19,15 +20,18 @@ from tornado.web import Application, RequestHandler
 from wxplatform.clock import Clock, ManualClock, SystemClock
 from wxplatform.config import AppConfig
 from wxplatform.sim.api import NotFoundHandler, api_routes
+from wxplatform.sim.callbacks import DEFAULT_CALLBACK_DELAY, CallbackQueue, CallbackRecord
 from wxplatform.sim.control import DEFAULT_OPENID, control_routes
+from wxplatform.sim.control_messaging import messaging_control_routes
 from wxplatform.sim.faults import Fault
 from wxplatform.sim.messages import original_id, text_message
+from wxplatform.sim.outbox import JOB_STATUSES, ResultRule
 from wxplatform.sim.push import PushResult, push
 from wxplatform.sim.state import SimState
 from wxplatform.sim.tickets import TicketStore
 from wxplatform.sim.tokens import TokenPolicy, TokenStore
 
-__all__ = ["ClockNotAdjustable", "WeChatSimulator"]
+__all__ = ["CallbackAlreadySent", "ClockNotAdjustable", "WeChatSimulator"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,10 @@ _SYSTEM_CLOCK = SystemClock()
 
 class ClockNotAdjustable(RuntimeError):
     """The simulator runs on a real clock, which cannot be advanced."""
+
+
+class CallbackAlreadySent(RuntimeError):
+    """A template job's result can no longer be forced: its event was already built."""
 
 
 def _log_request(handler: RequestHandler) -> None:
@@ -55,7 +63,12 @@ def _log_request(handler: RequestHandler) -> None:
 
 
 class WeChatSimulator:
-    """A simulated WeChat for a fixed set of apps, on an injectable clock."""
+    """A simulated WeChat for a fixed set of apps, on an injectable clock.
+
+    `callback_urls` maps app ids to the edge base URL that result events
+    (TEMPLATESENDJOBFINISH, subscribe_msg_sent_event) are pushed to, `callback_delay`
+    seconds after the send; apps without a URL get no such pushes.
+    """
 
     def __init__(
         self,
@@ -63,11 +76,19 @@ class WeChatSimulator:
         clock: Clock = _SYSTEM_CLOCK,
         *,
         policy: TokenPolicy | None = None,
+        callback_urls: Mapping[str, str] | None = None,
+        callback_delay: float = DEFAULT_CALLBACK_DELAY,
     ) -> None:
         self.apps: dict[str, AppConfig] = dict(apps)
         self.clock = clock
+        for app_id in callback_urls or {}:
+            self._app(app_id)
         self.state = SimState(
-            self.apps, clock, TokenStore(self.apps, clock, policy), TicketStore(self.apps, clock)
+            self.apps,
+            clock,
+            TokenStore(self.apps, clock, policy),
+            TicketStore(self.apps, clock),
+            CallbackQueue(self.push, callback_urls, callback_delay),
         )
         self._server: HTTPServer | None = None
         self._host = "127.0.0.1"
@@ -78,7 +99,7 @@ class WeChatSimulator:
     def make_app(self) -> Application:
         """The Tornado application: WeChat's API plus the `/_sim/` control API."""
         return Application(
-            [*api_routes(self.state), *control_routes(self)],
+            [*api_routes(self.state), *control_routes(self), *messaging_control_routes(self)],
             default_handler_class=NotFoundHandler,
             default_handler_args={"state": self.state},
             log_function=_log_request,
@@ -98,11 +119,12 @@ class WeChatSimulator:
         return self._port
 
     async def stop(self) -> None:
-        """Stop listening and close open connections."""
+        """Stop listening, cancel result events not yet pushed, close open connections."""
         server, self._server = self._server, None
         if server is None:
             return
         server.stop()
+        await self.state.callbacks.close()
         await server.close_all_connections()
         self._port = None
 
@@ -211,11 +233,14 @@ class WeChatSimulator:
         nonce: str | None = None,
         key_index: int = 0,
     ) -> PushResult:
-        """Push a callback for one of the simulator's apps, on the simulator's clock."""
-        app = self.apps.get(app_id)
-        if app is None:
-            raise KeyError(f"unknown app {app_id!r}")
-        return await push(
+        """Push a callback for one of the simulator's apps, on the simulator's clock.
+
+        When the edge answers HTTP 200 the push is recorded: the sender becomes a known
+        user, and follows, windows and subscribe consent change as WeChat's would.
+        """
+        app = self._app(app_id)
+        started = self.clock.now()
+        result = await push(
             app,
             edge_url,
             fields,
@@ -225,6 +250,9 @@ class WeChatSimulator:
             nonce=nonce,
             key_index=key_index,
         )
+        if result.status == 200:
+            self.state.audience.record_push(app, fields, started)
+        return result
 
     async def push_text(
         self, app_id: str, edge_url: str, text: str, *, openid: str = DEFAULT_OPENID
@@ -232,3 +260,121 @@ class WeChatSimulator:
         """Push a user's text message to an edge."""
         fields = text_message(original_id(app_id), openid, text, create_time=int(self.clock.now()))
         return await self.push(app_id, edge_url, fields)
+
+    # -- audience and messaging (mirrors /_sim/users, /templates, /consent, …) ----------
+
+    def _app(self, app_id: str) -> AppConfig:
+        app = self.apps.get(app_id)
+        if app is None:
+            raise KeyError(f"unknown app {app_id!r}")
+        return app
+
+    def set_user(
+        self,
+        app_id: str,
+        openid: str,
+        *,
+        follows: bool | None = None,
+        blocked: bool | None = None,
+        template_blocked: bool | None = None,
+    ) -> dict[str, Any]:
+        """Register or update a user; omitted flags keep their value (new users follow)."""
+        self._app(app_id)
+        user = self.state.audience.set_user(
+            app_id, openid, follows=follows, blocked=blocked, template_blocked=template_blocked
+        )
+        return user.to_json()
+
+    def users(self, app_id: str) -> list[dict[str, Any]]:
+        """The users an app knows."""
+        self._app(app_id)
+        return [u.to_json() for u in self.state.audience.users(app_id)]
+
+    def add_template(
+        self,
+        app_id: str,
+        template_id: str,
+        kind: str,
+        keys: Mapping[str, str] | Sequence[str],
+    ) -> dict[str, Any]:
+        """Register a `template` (OA only) or `subscribe` template: `{key: type}` or names."""
+        app = self._app(app_id)
+        if kind == "template" and app.kind != "official_account":
+            raise ValueError("template messages are for official accounts")
+        return self.state.templates.add(app_id, template_id, kind, keys).to_json()
+
+    def templates(self, app_id: str) -> list[dict[str, Any]]:
+        """An app's registered templates."""
+        self._app(app_id)
+        return [t.to_json() for t in self.state.templates.all(app_id)]
+
+    def grant_consent(self, app_id: str, openid: str, template_id: str, count: int = 1) -> int:
+        """Add one-time subscribe acceptances; returns how many the user has left."""
+        self._app(app_id)
+        return self.state.audience.grant_consent(app_id, openid, template_id, count)
+
+    def consent(self, app_id: str, openid: str) -> dict[str, int]:
+        """Subscribe acceptances left per template id."""
+        self._app(app_id)
+        return self.state.audience.consent(app_id, openid)
+
+    def windows(self, app_id: str, openid: str) -> list[dict[str, Any]]:
+        """A user's customer-service windows, soonest expiry first, with `open` flags."""
+        self._app(app_id)
+        now = self.clock.now()
+        return [w.to_json(now) for w in self.state.audience.user_windows(app_id, openid)]
+
+    def sent(self, app_id: str | None = None) -> list[dict[str, Any]]:
+        """Accepted sends, oldest first, optionally of one app."""
+        return [m.to_json() for m in self.state.outbox.sent(app_id)]
+
+    def clear_sent(self) -> None:
+        """Forget the sent-message log."""
+        self.state.outbox.clear()
+
+    def set_callback_url(self, app_id: str, edge_url: str | None) -> None:
+        """Where the app's result events go (`{edge_url}/wx/{app_id}`); None stops them."""
+        self._app(app_id)
+        self.state.callbacks.set_url(app_id, edge_url)
+
+    def set_callback_delay(self, seconds: float) -> None:
+        """How long after a send its result event is pushed."""
+        self.state.callbacks.set_delay(seconds)
+
+    def callback_settings(self) -> dict[str, Any]:
+        """Callback URLs per app and the delay."""
+        callbacks = self.state.callbacks
+        return {"urls": dict(callbacks.urls), "delay": callbacks.delay}
+
+    def force_template_result(
+        self, app_id: str, status: str, *, openid: str | None = None, msgid: int | None = None
+    ) -> None:
+        """Force what a TEMPLATESENDJOBFINISH reports.
+
+        With `msgid`: that send's pending job (`CallbackAlreadySent` once its event was
+        built). Otherwise: the app's next template send, to `openid` if given.
+        """
+        self._app(app_id)
+        if status not in JOB_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(map(repr, JOB_STATUSES))}")
+        if msgid is None:
+            self.state.outbox.add_rule(ResultRule(app_id, status, openid))
+            return
+        sent = self.state.outbox.find(msgid)
+        if sent is None or sent.app_id != app_id or sent.job_status is None:
+            raise KeyError(f"no template message with msgid {msgid}")
+        if self.state.callbacks.fired(msgid):
+            raise CallbackAlreadySent(f"the result event of msgid {msgid} was already sent")
+        sent.job_status = status
+
+    def result_rules(self) -> list[dict[str, Any]]:
+        """Forced template results not used yet."""
+        return [r.to_json() for r in self.state.outbox.rules()]
+
+    def callback_results(self) -> list[CallbackRecord]:
+        """Result events pushed so far (finished jobs), in the order they finished."""
+        return self.state.callbacks.records()
+
+    async def drain_callbacks(self) -> list[CallbackRecord]:
+        """Wait for every pending result event to be pushed; all records so far."""
+        return await self.state.callbacks.drain()

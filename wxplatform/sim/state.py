@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
+from wxplatform.sim.audience import Audience
+from wxplatform.sim.callbacks import CallbackQueue
 from wxplatform.sim.faults import FaultBook
 from wxplatform.sim.journal import RequestLog
+from wxplatform.sim.outbox import Outbox
+from wxplatform.sim.templates import TemplateBook
 from wxplatform.sim.tickets import TicketStore
 from wxplatform.sim.tokens import TokenStore
 
@@ -17,11 +21,19 @@ __all__ = ["SimState"]
 
 @dataclass
 class SimState:
-    """Apps, clock, token state, active faults and the request log of one simulator."""
+    """Apps, clock, tokens, faults, the request log, and the messaging side of one simulator.
+
+    `audience` holds users, consent and windows; `templates` the registered templates;
+    `outbox` what was sent; `callbacks` the result events pushed back to edges.
+    """
 
     apps: Mapping[str, AppConfig]
     clock: Clock
     tokens: TokenStore
     tickets: TicketStore
+    callbacks: CallbackQueue
     faults: FaultBook = field(default_factory=FaultBook)
     requests: RequestLog = field(default_factory=RequestLog)
+    audience: Audience = field(default_factory=Audience)
+    templates: TemplateBook = field(default_factory=TemplateBook)
+    outbox: Outbox = field(default_factory=Outbox)
