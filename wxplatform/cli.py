@@ -61,7 +61,8 @@ async def run_sim(settings: Settings, listen: str | None) -> None:
     from wxplatform.sim import WeChatSimulator
 
     stop = stop_on_signals()
-    sim = WeChatSimulator(settings.apps)
+    edge_url = f"http://{settings.edge.listen}"
+    sim = WeChatSimulator(settings.apps, callback_urls=dict.fromkeys(settings.apps, edge_url))
     await sim.start(*split_address(listen or settings.dev.sim_listen))
     log.info("simulator serving", extra={"url": sim.base_url})
     await stop.wait()

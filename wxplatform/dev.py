@@ -64,7 +64,9 @@ async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, 
         assert settings.redis.url is not None
         client = connect(settings.redis.url.reveal())
         running.push_async_callback(client.aclose)
-        sim = WeChatSimulator(settings.apps)
+        # The simulator pushes send results (TEMPLATESENDJOBFINISH…) back to the edge.
+        edge_url = f"http://{settings.edge.listen}"
+        sim = WeChatSimulator(settings.apps, callback_urls=dict.fromkeys(settings.apps, edge_url))
         await sim.start(*split_address(settings.dev.sim_listen))
         running.push_async_callback(sim.stop)
         edge_config = settings.edge

@@ -1,0 +1,378 @@
+"""MessagingService against the WeChat simulator, with the edge for result events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import redis.asyncio as redis
+
+from acme.wxplatform.v1 import messaging_service_pb2 as pb
+from acme.wxplatform.v1 import messaging_service_pb2_grpc
+from tests.support import (
+    TEAM_CREDENTIAL,
+    Stack,
+    app_table,
+    bearer,
+    error_info,
+    make_settings,
+    new_app_id,
+    running_simulator,
+    running_stack,
+)
+from wxplatform.sim import WeChatSimulator, original_id, text_message
+
+FOLLOWER = "oFollower00000000000000001"
+TEMPLATE_API = "/cgi-bin/message/template/send"
+CUSTOM_API = "/cgi-bin/message/custom/send"
+
+
+@dataclass
+class Env:
+    sim: WeChatSimulator
+    stacks: list[Stack]
+    oa: str
+    mini: str
+
+    def stub(self, replica: int = 0) -> messaging_service_pb2_grpc.MessagingServiceStub:
+        return messaging_service_pb2_grpc.MessagingServiceStub(self.stacks[replica].channel)
+
+    async def template(self, key: str, replica: int = 0, **fields: Any) -> pb.Delivery:
+        request = template_request(self.oa, key, **fields)
+        response = await self.stub(replica).SendTemplate(
+            request, metadata=bearer(TEAM_CREDENTIAL), timeout=10
+        )
+        delivery: pb.Delivery = response.delivery
+        return delivery
+
+    async def customer(self, key: str, text: str, to: str = FOLLOWER) -> pb.Delivery:
+        request = pb.SendCustomerMessageRequest(
+            app_id=self.oa, idempotency_key=key, to_user=to, text=pb.CustomerText(content=text)
+        )
+        response = await self.stub().SendCustomerMessage(
+            request, metadata=bearer(TEAM_CREDENTIAL), timeout=10
+        )
+        delivery: pb.Delivery = response.delivery
+        return delivery
+
+    async def delivery(self, delivery_id: str) -> pb.Delivery:
+        response = await self.stub().GetDelivery(
+            pb.GetDeliveryRequest(app_id=self.oa, delivery_id=delivery_id),
+            metadata=bearer(TEAM_CREDENTIAL),
+        )
+        delivery: pb.Delivery = response.delivery
+        return delivery
+
+    def calls(self, api: str) -> int:
+        return len(self.sim.requests(api))
+
+
+def template_request(app_id: str, key: str, **fields: Any) -> pb.SendTemplateRequest:
+    values: dict[str, Any] = {
+        "to_user": FOLLOWER,
+        "template_id": "TPL_ORDER",
+        "url": "https://shop.example.com/o/1",
+    }
+    values.update(fields)
+    request = pb.SendTemplateRequest(app_id=app_id, idempotency_key=key, **values)
+    if "data" not in fields:
+        request.data["keyword1"].value = "巧克力"
+        request.data["keyword2"].value = "39.8元"
+        request.data["keyword2"].color = "#173177"
+    return request
+
+
+async def environment(
+    redis_client: redis.Redis, replicas: int = 1, **oa: Any
+) -> AsyncIterator[Env]:
+    oa_id, mini_id = new_app_id("wxoa"), new_app_id("wxmini")
+    settings = make_settings(
+        app_table(oa_id, send_rate_per_second=100_000, **oa),
+        app_table(
+            mini_id,
+            kind="mini_program",
+            auto_reply=[],
+            default_reply=None,
+            send_rate_per_second=100_000,
+        ),
+    )
+    async with AsyncExitStack() as stack:
+        sim, settings = await stack.enter_async_context(running_simulator(settings))
+        stacks = [
+            await stack.enter_async_context(running_stack(settings, redis_client, with_edge=True))
+        ]
+        for _ in range(replicas - 1):
+            stacks.append(await stack.enter_async_context(running_stack(settings, redis_client)))
+        sim.set_callback_url(oa_id, stacks[0].edge_url)
+        sim.add_template(oa_id, "TPL_ORDER", "template", ["keyword1", "keyword2"])
+        sim.add_template(oa_id, "SUB_NOTICE", "subscribe", ["thing1"])
+        sim.add_template(mini_id, "SUB_MINI", "subscribe", ["thing1"])
+        sim.set_user(oa_id, FOLLOWER, follows=True)
+        sim.set_user(oa_id, "oNotFollowing000000000001", follows=False)
+        sim.set_user(mini_id, FOLLOWER)
+        yield Env(sim, stacks, oa_id, mini_id)
+
+
+@pytest.fixture
+async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
+    async for e in environment(redis_client):
+        yield e
+
+
+async def failure(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def test_template_send_and_its_result_event(env: Env) -> None:
+    delivery = await env.template("order-1")
+    assert delivery.status == pb.DELIVERY_STATUS_SENT
+    assert int(delivery.wechat_msg_id) > 2**31  # WeChat msgids outgrow int32
+    assert delivery.kind == pb.DELIVERY_KIND_TEMPLATE
+    assert (delivery.caller, delivery.idempotency_key, delivery.summary) == (
+        "team",
+        "order-1",
+        "TPL_ORDER",
+    )
+    (sent,) = env.sim.sent(env.oa)
+    assert sent["payload"]["data"]["keyword1"] == {"value": "巧克力"}
+    assert sent["payload"]["client_msg_id"]  # derived from the idempotency key
+    # WeChat pushes TEMPLATESENDJOBFINISH to the edge; core moves the record to delivered.
+    (pushed,) = await env.sim.drain_callbacks()
+    assert await _status(env, delivery.delivery_id) == pb.DELIVERY_STATUS_DELIVERED
+    assert pushed is not None
+
+
+async def _status(env: Env, delivery_id: str) -> int:
+    return int((await env.delivery(delivery_id)).status)
+
+
+async def test_blocked_user_result_is_recorded(env: Env) -> None:
+    env.sim.set_user(env.oa, FOLLOWER, template_blocked=True)
+    delivery = await env.template("order-blocked")
+    await env.sim.drain_callbacks()
+    record = await env.delivery(delivery.delivery_id)
+    assert record.status == pb.DELIVERY_STATUS_USER_BLOCKED
+    assert record.errmsg == "failed:user block"
+
+
+async def test_concurrent_duplicates_make_one_wechat_call(env: Env) -> None:
+    deliveries = await asyncio.gather(*(env.template("same-key", replica=0) for _ in range(20)))
+    assert len({d.delivery_id for d in deliveries}) == 1
+    assert env.calls(TEMPLATE_API) == 1
+    again = await env.template("same-key")  # and a retry after completion
+    assert again.delivery_id == deliveries[0].delivery_id
+    assert env.calls(TEMPLATE_API) == 1
+
+
+async def test_a_key_reused_for_another_message_is_refused(env: Env) -> None:
+    await env.template("k1")
+    error = await failure(env.template("k1", url="https://shop.example.com/o/2"))
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert error_info(error)[0] == "IDEMPOTENCY_KEY_REUSED"
+    assert env.calls(TEMPLATE_API) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "reason", "errcode"),
+    [
+        (
+            {"to_user": "oUnknownUser0000000000001"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_OPENID",
+            40003,
+        ),
+        (
+            {"to_user": "oNotFollowing000000000001"},
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "USER_NOT_SUBSCRIBED",
+            43004,
+        ),
+        ({"template_id": "TPL_GONE"}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TEMPLATE", 40037),
+        (
+            {"data": {"keyword9": pb.TemplateDataValue(value="x")}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_TEMPLATE_DATA",
+            47003,
+        ),
+    ],
+)
+async def test_policy_errors_are_mapped_and_never_retried(
+    env: Env, fields: dict[str, Any], code: grpc.StatusCode, reason: str, errcode: int
+) -> None:
+    error = await failure(env.template("policy", **fields))
+    assert error.code() == code
+    got, metadata = error_info(error)
+    assert (got, metadata["errcode"]) == (reason, str(errcode))
+    assert metadata["errmsg"]
+    assert env.calls(TEMPLATE_API) == 1
+    # The same request again gets the same answer, from the record: no second call.
+    assert (await failure(env.template("policy", **fields))).code() == code
+    assert env.calls(TEMPLATE_API) == 1
+
+
+async def test_invalid_requests_never_reach_wechat(env: Env) -> None:
+    request = template_request(env.oa, "bad", to_user="", url="ftp://x", template_id="")
+    request.data["keyword1"].color = "red"
+    error = await failure(env.stub().SendTemplate(request, metadata=bearer(TEAM_CREDENTIAL)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert env.calls(TEMPLATE_API) == 0
+    error = await failure(env.template(""))  # no idempotency key
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_transient_errors_are_retried_inside_the_deadline(env: Env) -> None:
+    env.sim.add_fault(TEMPLATE_API, errcode=-1, times=2)
+    delivery = await env.template("retry-me")
+    assert delivery.status == pb.DELIVERY_STATUS_SENT
+    assert env.calls(TEMPLATE_API) == 3
+    assert len(env.sim.sent(env.oa)) == 1
+
+
+async def test_a_timeout_after_sending_is_recorded_as_unknown(env: Env) -> None:
+    env.sim.add_fault(TEMPLATE_API, latency_ms=3000)
+    request = template_request(env.oa, "slow")
+    first = await failure(
+        env.stub().SendTemplate(request, metadata=bearer(TEAM_CREDENTIAL), timeout=1.5)
+    )
+    assert first.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The caller retries with the same key: wxplatform does not resend blindly.
+    second = await failure(
+        env.stub().SendTemplate(request, metadata=bearer(TEAM_CREDENTIAL), timeout=5)
+    )
+    assert second.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error_info(second)[0] == "WECHAT_OUTCOME_UNKNOWN"
+    assert env.calls(TEMPLATE_API) == 1
+
+
+async def test_daily_quota_opens_a_circuit(env: Env) -> None:
+    env.sim.add_fault(TEMPLATE_API, errcode=45009)
+    first = await failure(env.template("q1"))
+    assert first.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    second = await failure(env.template("q2"))
+    assert error_info(second)[0] == "WECHAT_DAILY_QUOTA_EXHAUSTED"
+    assert env.calls(TEMPLATE_API) == 1  # no call while the circuit is open
+
+
+async def test_rate_limit(redis_client: redis.Redis) -> None:
+    settings = make_settings(app_table(new_app_id(), send_rate_per_second=2))
+    async with (
+        running_simulator(settings) as (sim, settings),
+        running_stack(settings, redis_client) as stack,
+    ):
+        (app_id,) = settings.apps
+        sim.add_template(app_id, "TPL_ORDER", "template", ["keyword1", "keyword2"])
+        sim.set_user(app_id, FOLLOWER, follows=True)
+        stub = messaging_service_pb2_grpc.MessagingServiceStub(stack.channel)
+        results = await asyncio.gather(
+            *(
+                stub.SendTemplate(
+                    template_request(app_id, f"r{n}"), metadata=bearer(TEAM_CREDENTIAL)
+                )
+                for n in range(5)
+            ),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert refused
+        assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+        assert error_info(refused[0])[0] == "RATE_LIMITED"
+        assert len(sim.sent(app_id)) == 5 - len(refused)
+
+
+async def test_customer_messages_need_an_open_window(env: Env) -> None:
+    error = await failure(env.customer("c0", "hello?"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(error)[0] == "WINDOW_CLOSED"
+    assert env.calls(CUSTOM_API) == 0
+    # The user writes to the account (through the edge): 5 sends within 48 h.
+    pushed = await env.sim.push(
+        env.oa, env.stacks[0].edge_url, text_message(original_id(env.oa), FOLLOWER, "hi")
+    )
+    assert pushed.ok
+    for n in range(5):
+        assert (await env.customer(f"c{n + 1}", f"answer {n}")).status == pb.DELIVERY_STATUS_SENT
+    error = await failure(env.customer("c6", "one too many"))
+    assert error_info(error)[0] == "WINDOW_QUOTA_EXHAUSTED"
+    assert env.calls(CUSTOM_API) == 5
+
+
+async def test_a_refused_send_gives_its_window_unit_back(env: Env) -> None:
+    await env.sim.push(
+        env.oa, env.stacks[0].edge_url, text_message(original_id(env.oa), FOLLOWER, "hi")
+    )
+    env.sim.add_fault(CUSTOM_API, errcode=40003)
+    assert (await failure(env.customer("x1", "lost"))).code() == grpc.StatusCode.INVALID_ARGUMENT
+    for n in range(5):  # still five sends left
+        await env.customer(f"y{n}", "fine")
+
+
+async def test_subscribe_messages_use_up_consent(env: Env) -> None:
+    env.sim.grant_consent(env.oa, FOLLOWER, "SUB_NOTICE", 1)
+    request = pb.SendSubscribeMessageRequest(
+        app_id=env.oa, idempotency_key="s1", to_user=FOLLOWER, template_id="SUB_NOTICE",
+        page="https://shop.example.com/notice",
+    )  # fmt: skip
+    request.data["thing1"].value = "订单已发货"
+    stub, meta = env.stub(), bearer(TEAM_CREDENTIAL)
+    delivery = (await stub.SendSubscribeMessage(request, metadata=meta)).delivery
+    assert delivery.kind == pb.DELIVERY_KIND_SUBSCRIBE
+    request.idempotency_key = "s2"
+    error = await failure(stub.SendSubscribeMessage(request, metadata=meta))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(error)[0] == "SUBSCRIBE_CONSENT_MISSING"
+    mini = pb.SendSubscribeMessageRequest(
+        app_id=env.mini, idempotency_key="m1", to_user=FOLLOWER, template_id="SUB_MINI",
+        page="pages/index/index", mini_program_state=pb.MINI_PROGRAM_STATE_TRIAL, lang="en_US",
+    )  # fmt: skip
+    mini.data["thing1"].value = "hello"
+    env.sim.grant_consent(env.mini, FOLLOWER, "SUB_MINI", 1)
+    assert (await stub.SendSubscribeMessage(mini, metadata=meta)).delivery.wechat_msg_id
+    (sent,) = env.sim.sent(env.mini)
+    assert sent["payload"]["miniprogram_state"] == "trial"
+
+
+async def test_mini_programs_send_no_template_messages(env: Env) -> None:
+    request = template_request(env.mini, "nope")
+    error = await failure(env.stub().SendTemplate(request, metadata=bearer(TEAM_CREDENTIAL)))
+    assert error_info(error)[0] == "APP_KIND_MISMATCH"
+
+
+async def test_unknown_delivery(env: Env) -> None:
+    error = await failure(env.delivery("dnope"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_stampede_of_sends_fetches_one_token(redis_client: redis.Redis) -> None:
+    async for env in environment(redis_client, replicas=3):
+        env.sim.set_callback_url(env.oa, None)  # 1500 result pushes are another test's business
+        sends = [env.template(f"burst-{r}-{n}", replica=r) for r in range(3) for n in range(500)]
+        deliveries = await asyncio.gather(*sends)
+        assert all(d.status == pb.DELIVERY_STATUS_SENT for d in deliveries)
+        assert env.sim.stats()["apps"][env.oa]["stable_token"]["issued"] == 1
+        assert len(env.sim.sent(env.oa)) == 1500
+
+
+async def test_a_rejected_token_is_replaced_once_for_a_burst(redis_client: redis.Redis) -> None:
+    async for env in environment(redis_client, token_mode="classic"):
+        await env.template("warm-up")  # core now caches token T1
+        app = env.stacks[0].settings.apps[env.oa]
+        query = {
+            "grant_type": "client_credential",
+            "appid": env.oa,
+            "secret": app.app_secret.reveal(),
+        }
+        async with httpx.AsyncClient(base_url=env.sim.base_url) as client:
+            for _ in range(2):  # someone else fetches twice: T1 is dead at once
+                assert "access_token" in (await client.get("/cgi-bin/token", params=query)).json()
+        deliveries = await asyncio.gather(*(env.template(f"after-{n}") for n in range(100)))
+        assert all(d.status == pb.DELIVERY_STATUS_SENT for d in deliveries)
+        assert env.sim.stats()["apps"][env.oa]["token"]["issued"] == 4  # 1 + 2 + one refresh
+        assert len(env.sim.sent(env.oa)) == 101
