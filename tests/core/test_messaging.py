@@ -324,6 +324,8 @@ async def test_subscribe_messages_use_up_consent(env: Env) -> None:
     stub, meta = env.stub(), bearer(TEAM_CREDENTIAL)
     delivery = (await stub.SendSubscribeMessage(request, metadata=meta)).delivery
     assert delivery.kind == pb.DELIVERY_KIND_SUBSCRIBE
+    await env.sim.drain_callbacks()  # subscribe_msg_sent_event, through the edge
+    assert await _status(env, delivery.delivery_id) == pb.DELIVERY_STATUS_DELIVERED
     request.idempotency_key = "s2"
     error = await failure(stub.SendSubscribeMessage(request, metadata=meta))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
