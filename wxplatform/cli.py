@@ -72,7 +72,14 @@ async def run_sim(settings: Settings, listen: str | None) -> None:
 async def sim_push(
     settings: Settings, app_id: str, text: str, openid: str, edge_url: str | None
 ) -> int:
-    """Push one signed text message to the edge the way WeChat does; print the outcome."""
+    """Push one signed text message to the edge the way WeChat does; print the outcome.
+
+    Through the running simulator when there is one (`wxplatform dev`), so that it also
+    learns of the user's interaction (which opens a customer-service window, as on
+    WeChat); otherwise straight from this process.
+    """
+    import httpx
+
     from wxplatform.sim import original_id, push, text_message
 
     app = settings.apps.get(app_id)
@@ -81,22 +88,22 @@ async def sim_push(
             "--app", f"unknown app {app_id!r}; configured: {', '.join(settings.apps)}"
         )
     base = edge_url or f"http://{settings.edge.listen}"
-    result = await push(app, base, text_message(original_id(app_id), openid, text))
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(
+                f"http://{settings.dev.sim_listen}/_sim/push",
+                json={"app_id": app_id, "edge_url": base, "text": text, "openid": openid},
+            )
+        outcome: dict[str, Any] = answer.json()
+    except httpx.TransportError:
+        outcome = (await push(app, base, text_message(original_id(app_id), openid, text))).to_json()
+    shown = {k: outcome.get(k) for k in ("status", "attempts", "reply", "error")}
     print(
         json.dumps(
-            {
-                "app_id": app_id,
-                "mode": app.encryption,
-                "status": result.status,
-                "attempts": result.attempts,
-                "reply": result.reply,
-                "error": result.error,
-            },
-            ensure_ascii=False,
-            indent=2,
+            {"app_id": app_id, "mode": app.encryption, **shown}, ensure_ascii=False, indent=2
         )
     )
-    return 0 if result.error is None else 1
+    return 0 if outcome.get("error") is None else 1
 
 
 def _parser() -> argparse.ArgumentParser:

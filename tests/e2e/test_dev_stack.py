@@ -167,6 +167,33 @@ async def test_grpc_health_reflection_and_auth(dev_stack: DevStack) -> None:
         assert token.expire_time.seconds > time.time() + 3600
 
 
+async def test_a_user_message_lets_teams_answer_through_customer_service(
+    dev_stack: DevStack,
+) -> None:
+    import wxplatform_client
+
+    from acme.wxplatform.v1 import messaging_service_pb2 as m
+
+    openid = "oDevStackUser0000000000001"
+    pushed = dev_stack.cli(
+        "sim", "push", "--app", PLAIN_APP, "--text", "anyone there?", "--openid", openid
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    demo = dev_stack.data["dev"]["demo_credential"]
+    async with wxplatform_client.Client(f"127.0.0.1:{dev_stack.ports.core}", demo) as client:
+        request = m.SendCustomerMessageRequest(
+            app_id=PLAIN_APP,
+            idempotency_key="dev-1",
+            to_user=openid,
+            text=m.CustomerText(content="yes!"),
+        )
+        delivery = (await client.messaging.SendCustomerMessage(request)).delivery
+    assert delivery.status == m.DELIVERY_STATUS_SENT
+    status, body = http_get(f"http://127.0.0.1:{dev_stack.ports.sim}/_sim/sent?app_id={PLAIN_APP}")
+    assert status == 200
+    assert b"yes!" in body
+
+
 def test_sigterm_stops_everything_and_logs_hold_no_secret(dev_stack: DevStack) -> None:
     redis_pids = _redis_children(dev_stack.process.pid)
     dev_stack.process.send_signal(signal.SIGTERM)
