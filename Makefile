@@ -8,9 +8,9 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
-CODE   := wxplatform edge tests tools clients/python/wxplatform_client
+CODE   := wxplatform edge tests tools bench clients/python/wxplatform_client
 
-.PHONY: help venv run test check fmt proto clean
+.PHONY: help venv run test check fmt proto bench clean
 
 help:
 	@echo "make run     start redis + WeChat simulator + core + edge (dev config in .wxplatform/)"
@@ -18,6 +18,7 @@ help:
 	@echo "make check   format check, lint, types, buf lint, proto drift, layering"
 	@echo "make fmt     format the code"
 	@echo "make proto   regenerate clients/python from protos/"
+	@echo "make bench   run the benchmarks (figures in docs/performance.md)"
 
 $(STAMP): requirements.lock pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -56,6 +57,9 @@ fmt: $(STAMP)
 proto: $(STAMP) node_modules/.installed
 	cd protos && ../$(BUF) lint
 	$(PY) tools/gen_protos.py
+
+bench: $(STAMP)
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) node_modules .wxplatform .pytest_cache .mypy_cache .ruff_cache

@@ -1,21 +1,23 @@
 """`python -m bench`: run the scenarios, print the table (or JSON), save the JSON.
 
-Scenarios, each in plaintext and safe mode, each against a fresh server process:
+Scenarios, each in plaintext and safe mode, each a fresh server process per run:
 
 * `baseline`: the bare Tornado handler (`bench/baseline.py`);
 * `edge`: the edge with an in-process stub core (`bench/stub.py`);
-* `stack`: edge and core in one process (as `wxplatform dev` runs them) and an
-  embedded redis-server, the whole path edge → gRPC → core → Redis.
+* `stack`: the whole path: the edge → gRPC → core in a second process (edge and core
+  are deployed apart) → an embedded redis-server.
 
-Each server gets two load shapes from a separate load process: closed loop (N
-keep-alive connections, max throughput) and open loop (a fixed 1,000 pushes/s). With
-two or more CPUs the server side (and its redis-server) is pinned to one CPU and the
-load process to another.
+For each mode the servers run side by side (idle but for the one being measured) and
+one load process, a separate process, measures them: closed loop (N keep-alive
+connections, max throughput) in interleaved rounds, then open loop (a fixed 1,000
+pushes/s) on each. With two or more CPUs every server process (and redis-server) is
+pinned to one CPU and the load process to another.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -30,29 +32,32 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu import cpu_model
-from bench.load import LoadJob, PhaseSpec
+from bench.job import ClosedPlan, LoadJob, OpenPlan, Target
 from bench.procs import ROOT, BenchProcessError, ServerProcess, cpu_plan, run_load
 from bench.report import OPEN_RATE, Row, judge, render_table, to_json
 from bench.spec import MODES, BenchSpec, Mode, new_spec
+from bench.stats import PhaseResult
 
 __all__ = ["main"]
 
 SCENARIOS = ("baseline", "edge", "stack")
+SHAPES = ("closed", "open")
 DEFAULT_OUT = Path(".wxplatform/bench/last.json")
 
 
 @dataclass(frozen=True)
 class Durations:
-    """Warm-up and measured seconds of both load shapes."""
+    """Closed loop: rounds of a warm-up and a window per server; open loop: one of each."""
 
+    closed_rounds: int
     closed_warmup: float
     closed: float
     open_warmup: float
     open: float
 
 
-FULL = Durations(closed_warmup=1.0, closed=5.0, open_warmup=0.5, open=4.0)
-QUICK = Durations(closed_warmup=0.3, closed=1.5, open_warmup=0.2, open=1.0)
+FULL = Durations(closed_rounds=10, closed_warmup=0.15, closed=0.6, open_warmup=0.5, open=4.0)
+QUICK = Durations(closed_rounds=2, closed_warmup=0.1, closed=0.6, open_warmup=0.2, open=1.0)
 
 
 def _out(text: str, *, err: bool = False) -> None:
@@ -62,8 +67,8 @@ def _out(text: str, *, err: bool = False) -> None:
     stream.flush()
 
 
-def _selected(only: Sequence[str] | None) -> list[tuple[str, Mode]]:
-    """(scenario, mode) pairs to run, baseline first within each mode."""
+def _selected(only: Sequence[str] | None) -> dict[Mode, list[str]]:
+    """Scenarios to run per mode, baseline first."""
     wanted: set[tuple[str, Mode]] = set()
     for name in only or ["all"]:
         scenario, _, mode = name.partition("-")
@@ -73,7 +78,8 @@ def _selected(only: Sequence[str] | None) -> list[tuple[str, Mode]]:
                     wanted.add((s, m))
     # A ratio needs its baseline, so a selected scenario brings the baseline along.
     wanted |= {("baseline", m) for _, m in wanted}
-    return [(s, m) for m in MODES for s in SCENARIOS if (s, m) in wanted]
+    plan = {m: [s for s in SCENARIOS if (s, m) in wanted] for m in MODES}
+    return {m: scenarios for m, scenarios in plan.items() if scenarios}
 
 
 def _only_name(value: str) -> str:
@@ -83,6 +89,16 @@ def _only_name(value: str) -> str:
             f"{value!r}: use baseline, edge, stack, plaintext, safe, or e.g. edge-safe"
         )
     return value
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def parse(value: str) -> int | float:
+        number = kind(value)
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"{value!r} is not positive")
+        return number
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,9 +116,11 @@ def _parser() -> argparse.ArgumentParser:
         "safe, or SCENARIO-MODE such as edge-safe; the baseline of that mode always runs too",
     )
     parser.add_argument(
-        "--connections", type=int, default=16, help="closed loop connections (16)"
+        "--connections", type=_positive(int), default=16, help="closed loop connections (16)"
     )
-    parser.add_argument("--rate", type=float, default=OPEN_RATE, help="open loop pushes/s (1000)")
+    parser.add_argument(
+        "--rate", type=_positive(float), default=OPEN_RATE, help="open loop pushes/s (1000)"
+    )
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -113,32 +131,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _phases(args: argparse.Namespace, durations: Durations) -> tuple[PhaseSpec, ...]:
-    return (
-        PhaseSpec("closed", durations.closed_warmup, durations.closed, args.connections),
-        PhaseSpec("open", durations.open_warmup, durations.open, rate=args.rate),
-    )
-
-
-def _run_one(
-    scenario: str,
+def _run_mode(
     mode: Mode,
+    scenarios: Sequence[str],
+    *,
     spec_path: Path,
-    workdir: Path,
-    phases: tuple[PhaseSpec, ...],
+    tmp: Path,
+    args: argparse.Namespace,
+    durations: Durations,
 ) -> list[Row]:
-    """Start the server, run the load process against it, stop the server."""
+    """Start this mode's servers side by side, measure them with one load process."""
     server_cpu, load_cpu = cpu_plan()
-    planned = sum(p.warmup + p.duration for p in phases)
-    try:
-        with ServerProcess(scenario, spec_path, workdir, cpu=server_cpu) as server:
-            job = LoadJob(
-                str(spec_path), mode, "127.0.0.1", server.port, phases, load_cpu, server.pid
-            )
-            results = run_load(job, timeout=planned + 120)
-    except BenchProcessError as exc:
-        return [Row(scenario, mode, p.shape, failure=str(exc)) for p in phases]
-    return [Row(scenario, mode, r.shape, result=r) for r in results]
+    failures: dict[str, str] = {}
+    results: dict[str, list[PhaseResult]] = {}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            s: ServerProcess(s, spec_path, tmp / f"{s}-{mode}", cpu=server_cpu) for s in scenarios
+        }
+        for server in servers.values():
+            stack.callback(server.stop)
+            server.spawn()
+        for name, server in servers.items():
+            try:
+                server.wait_ready()
+            except BenchProcessError as exc:
+                failures[name] = str(exc)
+        job = LoadJob(
+            str(spec_path),
+            mode,
+            "127.0.0.1",
+            tuple(Target(n, s.port, s.pid) for n, s in servers.items() if n not in failures),
+            ClosedPlan(args.connections, durations.closed_warmup, durations.closed,
+                       durations.closed_rounds),
+            OpenPlan(args.rate, durations.open_warmup, durations.open),
+            load_cpu,
+        )  # fmt: skip
+        try:
+            results = run_load(job, timeout=job.planned_seconds() + 120)
+        except BenchProcessError as exc:
+            failures |= {t.name: str(exc) for t in job.targets}
+    rows: list[Row] = []
+    for name in scenarios:
+        if name in failures:
+            rows += [Row(name, mode, shape, failure=failures[name]) for shape in SHAPES]
+        else:
+            rows += [Row(name, mode, r.shape, result=r) for r in results.get(name, [])]
+    return rows
 
 
 def _git_revision() -> str:
@@ -158,7 +196,7 @@ def _git_revision() -> str:
 
 
 def _context(args: argparse.Namespace, durations: Durations, pinned: bool) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("tornado", "grpcio", "redis", "cryptography", "defusedxml", "protobuf"):
         try:
             versions[package] = metadata.version(package)
@@ -182,29 +220,29 @@ def _context(args: argparse.Namespace, durations: Durations, pinned: bool) -> di
             "log_level": args.log_level,
             "durations_s": vars(durations),
             "pinned": pinned,
-            "layout": "server process (+ its redis-server) on one CPU, load process on another"
+            "layout": "servers (edge, core, redis-server) on one CPU, load process on another"
             if pinned
             else "not pinned (fewer than 2 CPUs)",
-            "stack": "edge and core in one process and event loop, redis-server a child",
+            "stack": "edge process -> gRPC -> core process -> embedded redis-server",
         },
     }
 
 
-def _progress(rows: Sequence[Row]) -> str:
-    parts = []
+def _progress(rows: Sequence[Row]) -> list[str]:
+    lines = []
     for row in rows:
         if row.result is None:
-            return f"failed: {row.failure}"
-        r = row.result
-        parts.append(f"{row.shape} {r.rate:.0f} req/s p99 {r.p99_ms:.1f} ms")
-    return ", ".join(parts)
+            lines.append(f"{row.scenario} {row.shape}: failed: {row.failure}")
+        else:
+            r = row.result
+            lines.append(f"{row.scenario} {row.shape}: {r.rate:.0f} req/s, p99 {r.p99_ms:.1f} ms")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; 0 when every scenario produced figures (targets missed or not)."""
     args = _parser().parse_args(argv)
     durations = QUICK if args.quick else FULL
-    phases = _phases(args, durations)
     plan = _selected(args.only)
     server_cpu, _ = cpu_plan()
     rows: list[Row] = []
@@ -212,11 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec: BenchSpec = new_spec(args.log_level)
         spec_path = Path(tmp) / "spec.json"
         spec.dump(spec_path)
-        for number, (scenario, mode) in enumerate(plan, 1):
-            _out(f"[{number}/{len(plan)}] {scenario} {mode} …", err=True)
-            workdir = Path(tmp) / f"{scenario}-{mode}"
-            done = _run_one(scenario, mode, spec_path, workdir, phases)
-            _out(f"    {_progress(done)}", err=True)
+        for number, (mode, scenarios) in enumerate(plan.items(), 1):
+            _out(f"[{number}/{len(plan)}] {mode}: {', '.join(scenarios)} …", err=True)
+            done = _run_mode(
+                mode, scenarios, spec_path=spec_path, tmp=Path(tmp), args=args, durations=durations
+            )
+            for line in _progress(done):
+                _out(f"    {line}", err=True)
             rows += done
     judge(rows)
     report = to_json(rows, _context(args, durations, pinned=server_cpu is not None))

@@ -1,6 +1,4 @@
-"""The load generator: raw keep-alive HTTP/1.1 over asyncio streams, pre-built requests.
-
-Two shapes:
+"""The load generator's two shapes, over pre-built pushes and raw keep-alive HTTP/1.1.
 
 * `closed_loop`: N connections, each sending its next push as soon as the previous
   answer arrived, for a warm-up and then a measured window: the maximum throughput.
@@ -9,99 +7,33 @@ Two shapes:
   push was due, not from when it was finally sent, so a server that falls behind shows
   its queueing instead of hiding it (no coordinated omission).
 
-Run as `python -m bench.load` it reads a job (JSON) on stdin, pins itself to a CPU,
-builds the pushes, runs the phases and writes their results (JSON) on stdout: the
-driver always runs it in a process of its own, apart from the server under test.
+Inside the timed loops only bytes are written and statuses counted; sampled replies
+are checked the way WeChat would once the clock has stopped. `bench/job.py` is the
+load process that runs these against the servers under test.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from bench.cpu import CpuMeter
-from bench.pushes import Push, PushFactory
-from bench.spec import REPLY, BenchSpec, Mode
+from bench.client import EXCHANGE_ERRORS, ConnectionPool, HttpConnection
+from bench.cpu import CpuMeter, MachineMeter
+from bench.pushes import Push
+from bench.spec import REPLY
 from bench.stats import PhaseResult
 from wxplatform.config import AppConfig
 from wxplatform.sim.replies import check_reply
 
-__all__ = [
-    "HttpConnection",
-    "LoadJob",
-    "PhaseSpec",
-    "closed_loop",
-    "main",
-    "open_loop",
-    "run_job",
-    "verify_samples",
-]
+__all__ = ["close_all", "closed_loop", "merge_rounds", "open_loop", "verify_samples"]
 
-_HEAD_END = b"\r\n\r\n"
-_CONTENT_LENGTH = b"\r\ncontent-length:"
 _MAX_SAMPLES = 400  # replies kept per phase for checking after the clock stops
 _DRAIN_SECONDS = 5.0  # how long the open loop waits for late answers at the end
 _SLACK_SECONDS = 30.0  # bound on a closed loop beyond its planned duration
-
-
-class ProtocolError(Exception):
-    """The server's answer is not HTTP/1.1 this client understands."""
-
-
-class HttpConnection:
-    """One keep-alive connection: write a request, read exactly one response."""
-
-    __slots__ = ("_reader", "_writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> HttpConnection:
-        """Connect (asyncio sets TCP_NODELAY on TCP transports)."""
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
-
-    async def exchange(self, wire: bytes) -> tuple[int, bytes]:
-        """Send one request; return the response's status and body."""
-        self._writer.write(wire)
-        head = await self._reader.readuntil(_HEAD_END)
-        if not head.startswith(b"HTTP/1.1 "):
-            raise ProtocolError("not an HTTP/1.1 response")
-        status = int(head[9:12])
-        # Tornado always sends Content-Length for a finished, uncompressed body.
-        start = head.lower().find(_CONTENT_LENGTH)
-        if start < 0:
-            raise ProtocolError("response without Content-Length")
-        end = head.index(b"\r\n", start + 2)
-        length = int(head[start + len(_CONTENT_LENGTH) : end])
-        body = await self._reader.readexactly(length) if length else b""
-        return status, body
-
-    def close(self) -> None:
-        """Close without waiting."""
-        self._writer.close()
-
-    async def aclose(self) -> None:
-        """Close and wait until the transport is gone."""
-        self._writer.close()
-        try:
-            await self._writer.wait_closed()
-        except OSError:
-            pass
-
-
-_EXCHANGE_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ProtocolError, ValueError)  # fmt: skip
 
 
 @dataclass
@@ -141,8 +73,11 @@ class _Meters:
     """CPU of the server under test and of this load process over the measured window."""
 
     def __init__(self, server_pid: int | None) -> None:
-        self.server = CpuMeter([server_pid] if server_pid is not None else [])
-        self.load = CpuMeter([os.getpid()])
+        pids = [server_pid] if server_pid is not None else []
+        self.server = CpuMeter(pids)
+        self.http = CpuMeter(pids, descendants=False)
+        self.load = CpuMeter([os.getpid()], descendants=False)
+        self.machine = MachineMeter()
 
     def window(self, starts_in: float, lasts: float) -> None:
         """Take the marks `starts_in` seconds from now and `lasts` seconds later."""
@@ -152,15 +87,24 @@ class _Meters:
 
     def _mark_start(self) -> None:
         self.server.start()
+        self.http.start()
         self.load.start()
+        self.machine.start()
 
     def _mark_stop(self) -> None:
         self.server.stop()
+        self.http.stop()
         self.load.stop()
+        self.machine.stop()
 
     def record(self, result: PhaseResult) -> None:
         result.server_cpu = self.server.cores()
+        result.http_cpu = self.http.cores()
         result.load_cpu = self.load.cores()
+        result.steal = self.machine.steal_share()
+        busy = self.machine.busy_cores()
+        ours = (result.server_cpu or 0.0) + (result.load_cpu or 0.0)
+        result.other_cpu = None if busy is None else max(0.0, busy - ours)
 
 
 async def closed_loop(
@@ -173,11 +117,21 @@ async def closed_loop(
     warmup: float,
     duration: float,
     server_pid: int | None = None,
+    keep_latencies: list[float] | None = None,
+    keep_connections: list[HttpConnection | None] | None = None,
 ) -> PhaseResult:
-    """Max throughput: `connections` keep-alive clients back to back, then the window."""
+    """Max throughput: `connections` keep-alive clients back to back, then the window.
+
+    With `keep_latencies`, the window's latencies are added to it (to merge rounds).
+    With `keep_connections` (one slot per client), connections are taken from and left
+    in it, open, so that short rounds do not pay for connection set-up; the caller
+    closes them.
+    """
     result = PhaseResult("closed", connections, 0.0, duration, built=len(pushes))
     recorder = _recorder(app, len(pushes))
     meters = _Meters(server_pid)
+    fresh: list[HttpConnection | None] = [None] * connections
+    slots = keep_connections if keep_connections is not None else fresh
     cursor = iter(range(len(pushes)))
     clock = time.perf_counter
     started = clock()
@@ -185,31 +139,31 @@ async def closed_loop(
     window_end = window_start + duration
     meters.window(warmup, duration)
 
-    async def client() -> None:
-        conn: HttpConnection | None = None
-        try:
-            for index in cursor:
-                sent = clock()
-                if sent >= window_end:
-                    return
-                if conn is None:
-                    conn = await HttpConnection.open(host, port)
-                try:
-                    status, body = await conn.exchange(pushes[index].wire)
-                except _EXCHANGE_ERRORS as exc:
-                    recorder.error(_error_name(exc))
-                    conn.close()
-                    conn = None
-                    continue
-                done = clock()
-                if sent >= window_start and done <= window_end:
-                    recorder.answer(index, status, body, done - sent)
-            result.exhausted = clock() < window_end
-        finally:
-            if conn is not None:
-                await conn.aclose()
+    async def client(slot: int) -> None:
+        for index in cursor:
+            sent = clock()
+            if sent >= window_end:
+                return
+            conn = slots[slot]
+            if conn is None:
+                conn = slots[slot] = await HttpConnection.open(host, port)
+            try:
+                status, body = await conn.exchange(pushes[index].wire)
+            except EXCHANGE_ERRORS as exc:
+                recorder.error(_error_name(exc))
+                conn.close()
+                slots[slot] = None
+                continue
+            except asyncio.CancelledError:  # stuck: the connection is in an unknown state
+                conn.close()
+                slots[slot] = None
+                raise
+            done = clock()
+            if sent >= window_start and done <= window_end:
+                recorder.answer(index, status, body, done - sent)
+        result.exhausted = clock() < window_end
 
-    tasks = [asyncio.create_task(client()) for _ in range(connections)]
+    tasks = [asyncio.create_task(client(slot)) for slot in range(connections)]
     _done, pending = await asyncio.wait(tasks, timeout=warmup + duration + _SLACK_SECONDS)
     for task in pending:
         task.cancel()
@@ -218,56 +172,78 @@ async def closed_loop(
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             recorder.error(_error_name(task.exception() or Exception()))
+    if keep_connections is None:
+        await close_all(slots)
     result.errors = recorder.errors
+    if keep_latencies is not None:
+        keep_latencies += recorder.latencies
     result.summarize(recorder.latencies, duration)
     meters.record(result)
     verify_samples(app, pushes, recorder.samples, result)
     return result
 
 
-class _Pool:
-    """Idle connections for the open loop; opens more on demand, up to `limit`."""
+async def close_all(slots: list[HttpConnection | None]) -> None:
+    """Close and forget every connection in `slots`."""
+    open_ones = [c for c in slots if c is not None]
+    slots[:] = [None] * len(slots)
+    await asyncio.gather(*(c.aclose() for c in open_ones))
 
-    def __init__(self, host: str, port: int, limit: int) -> None:
-        self._host, self._port, self._limit = host, port, limit
-        self._idle: list[HttpConnection] = []
-        self._waiters: deque[asyncio.Future[HttpConnection | None]] = deque()
-        self.opened = 0
-        self.peak = 0
 
-    async def acquire(self) -> HttpConnection:
-        if self._idle:
-            return self._idle.pop()
-        if self.opened < self._limit:
-            self.opened += 1
-            self.peak = max(self.peak, self.opened)
-            try:
-                return await HttpConnection.open(self._host, self._port)
-            except BaseException:
-                self.opened -= 1
-                raise
-        waiter: asyncio.Future[HttpConnection | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._waiters.append(waiter)
-        conn = await waiter
-        return conn if conn is not None else await self.acquire()
+def merge_rounds(rounds: Sequence[PhaseResult], latencies: list[float]) -> PhaseResult:
+    """One closed-loop result from several windows against one server.
 
-    def release(self, conn: HttpConnection | None) -> None:
-        """Hand back a connection, or None when it broke (a waiter may open a new one)."""
-        if conn is None:
-            self.opened -= 1
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
-                return
-        if conn is not None:
-            self._idle.append(conn)
+    Counts add up, the rate is over all measured seconds, percentiles come from every
+    latency of every window, CPU figures are averaged over the windows.
+    """
+    first = rounds[0]
+    merged = PhaseResult("closed", first.connections, 0.0, sum(r.duration for r in rounds))
+    for r in rounds:
+        for reason, count in r.errors.items():
+            merged.errors[reason] = merged.errors.get(reason, 0) + count
+        merged.verified += r.verified
+        merged.invalid += r.invalid
+        merged.invalid_reason = merged.invalid_reason or r.invalid_reason
+        merged.exhausted = merged.exhausted or r.exhausted
+        merged.built += r.built
+    merged.summarize(latencies, merged.duration)
+    merged.round_rates = [r.rate for r in rounds]
+    for name in ("server_cpu", "http_cpu", "load_cpu", "steal", "other_cpu"):
+        values = [v for r in rounds if (v := getattr(r, name)) is not None]
+        setattr(merged, name, sum(values) / len(values) if values else None)
+    return merged
 
-    async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        await asyncio.gather(*(c.aclose() for c in idle))
+
+async def _at_fixed_rate(
+    total: int,
+    rate: float,
+    t0: float,
+    send: Callable[[int, float, float], Coroutine[Any, Any, None]],
+) -> set[asyncio.Task[None]]:
+    """Start `send(index, due, now)` for push `index` at `t0 + index / rate`."""
+    clock = time.perf_counter
+    tasks: set[asyncio.Task[None]] = set()
+    index = 0
+    while index < total:
+        now = clock()
+        # The loop wakes at millisecond granularity: send what is due within 1 ms now.
+        while index < total and t0 + index / rate <= now + 0.001:
+            tasks.add(asyncio.create_task(send(index, t0 + index / rate, now)))
+            index += 1
+        if index < total:
+            await asyncio.sleep(max(0.0, t0 + index / rate - clock() - 0.001))
+    return tasks
+
+
+async def _drain(tasks: set[asyncio.Task[None]], recorder: _Recorder) -> None:
+    """Wait a bounded time for the last answers; what has none by then is an error."""
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=_DRAIN_SECONDS)
+    for task in pending:
+        task.cancel()
+        recorder.error("no_answer_in_time")
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def open_loop(
@@ -288,15 +264,15 @@ async def open_loop(
     result = PhaseResult("open", max_connections, rate, duration, built=len(pushes))
     result.exhausted = total < int(rate * (warmup + duration))
     recorder = _recorder(app, total)
-    pool = _Pool(host, port, max_connections)
+    pool = ConnectionPool(host, port, max_connections)
     meters = _Meters(server_pid)
     clock = time.perf_counter
     last_done = 0.0
 
     async def one(index: int, due: float, dispatched: float) -> None:
         nonlocal last_done
-        # Due in the past: count from when it was due. Sent a little early (the loop
-        # wakes at millisecond granularity): count from when it really went out.
+        # Due in the past: count from when it was due. Sent a little early: count
+        # from when it really went out.
         start = min(due, dispatched)
         try:
             conn = await pool.acquire()
@@ -305,35 +281,25 @@ async def open_loop(
             return
         try:
             status, body = await conn.exchange(pushes[index].wire)
-        except _EXCHANGE_ERRORS as exc:
+        except EXCHANGE_ERRORS as exc:
             recorder.error(_error_name(exc))
             conn.close()
             pool.release(None)
             return
+        except asyncio.CancelledError:  # never answered before the drain ran out
+            conn.close()
+            raise
         done = clock()
         pool.release(conn)
         if index >= first_measured:
             recorder.answer(index, status, body, done - start)
             last_done = max(last_done, done)
 
-    interval = 1.0 / rate
     t0 = clock() + 0.01
-    window_start = t0 + first_measured * interval
+    window_start = t0 + first_measured / rate
     meters.window(window_start - clock(), duration)
-    tasks: set[asyncio.Task[None]] = set()
-    index = 0
-    while index < total:
-        now = clock()
-        while index < total and t0 + index * interval <= now + 0.001:
-            tasks.add(asyncio.create_task(one(index, t0 + index * interval, now)))
-            index += 1
-        if index < total:
-            await asyncio.sleep(max(0.0, t0 + index * interval - clock() - 0.001))
-    _done, pending = await asyncio.wait(tasks, timeout=_DRAIN_SECONDS) if tasks else (set(), set())
-    for task in pending:
-        task.cancel()
-        recorder.error("no_answer_in_time")
-    await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = await _at_fixed_rate(total, rate, t0, one)
+    await _drain(tasks, recorder)
     await pool.aclose()
     result.connections = pool.peak
     result.errors = recorder.errors
@@ -362,90 +328,3 @@ def verify_samples(
         else:
             result.invalid += 1
             result.invalid_reason = result.invalid_reason or problem
-
-
-@dataclass(frozen=True)
-class PhaseSpec:
-    """One load shape to run: `closed` (connections) or `open` (rate)."""
-
-    shape: str
-    warmup: float
-    duration: float
-    connections: int = 16
-    rate: float = 1000.0
-    max_rate: float = 5000.0  # closed loop: pushes are pre-built for at most this rate
-
-    def push_count(self) -> int:
-        """How many pushes to pre-build for this phase."""
-        per_second = self.rate if self.shape == "open" else self.max_rate
-        return int(per_second * (self.warmup + self.duration)) + 1
-
-
-@dataclass(frozen=True)
-class LoadJob:
-    """Everything a load process needs: where to send, for which app, which phases."""
-
-    spec_path: str
-    mode: Mode
-    host: str
-    port: int
-    phases: tuple[PhaseSpec, ...]
-    cpu: int | None = None  # pin the load process to this CPU
-    server_pid: int | None = None  # to report the server's CPU use
-
-    def to_json(self) -> str:
-        """Serialized for the load process's stdin."""
-        data: dict[str, Any] = {
-            "spec_path": self.spec_path,
-            "mode": self.mode,
-            "host": self.host,
-            "port": self.port,
-            "phases": [vars(p) for p in self.phases],
-            "cpu": self.cpu,
-            "server_pid": self.server_pid,
-        }
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> LoadJob:
-        """The inverse of `to_json`."""
-        data = json.loads(text)
-        phases = tuple(PhaseSpec(**p) for p in data.pop("phases"))
-        return cls(phases=phases, **data)
-
-
-async def run_job(job: LoadJob) -> list[PhaseResult]:
-    """Build each phase's pushes (untimed), then run it."""
-    app = BenchSpec.load(Path(job.spec_path)).app(job.mode)
-    factory = PushFactory(app, job.host, job.port)
-    results = []
-    for phase in job.phases:
-        pushes = factory.build(phase.push_count())
-        if phase.shape == "closed":
-            result = await closed_loop(
-                job.host, job.port, app, pushes,
-                connections=phase.connections, warmup=phase.warmup, duration=phase.duration,
-                server_pid=job.server_pid,
-            )  # fmt: skip
-        else:
-            result = await open_loop(
-                job.host, job.port, app, pushes,
-                rate=phase.rate, warmup=phase.warmup, duration=phase.duration,
-                server_pid=job.server_pid,
-            )  # fmt: skip
-        results.append(result)
-    return results
-
-
-def main() -> int:
-    """Read a job on stdin, write the results on stdout."""
-    job = LoadJob.from_json(sys.stdin.read())
-    if job.cpu is not None:
-        os.sched_setaffinity(0, {job.cpu})
-    results = asyncio.run(run_job(job))
-    sys.stdout.write(json.dumps([r.to_json() for r in results]) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

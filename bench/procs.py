@@ -1,7 +1,7 @@
 """The driver's side of the processes: start a server under test, run a load process.
 
 Both are plain child processes of the driver (`python -m bench.serve`, `python -m
-bench.load`), started from the project root so `bench` imports. Each is bounded: a
+bench.job`), started from the project root so `bench` imports. Each is bounded: a
 server stops when its stdin closes and on its own after `--max-seconds`; a load
 process is killed if it outlives its timeout.
 """
@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
-from bench.load import LoadJob
+from bench.job import LoadJob
 from bench.stats import PhaseResult
 
 __all__ = ["ROOT", "BenchProcessError", "ServerProcess", "cpu_plan", "run_load"]
@@ -74,20 +74,29 @@ class ServerProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self) -> int:
-        """Start the server and wait for its port."""
+    def spawn(self) -> None:
+        """Start the process; `wait_ready` then waits for its port."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
         self._process = subprocess.Popen(
             self._args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log
         )
         self.pid = self._process.pid
+
+    def wait_ready(self) -> int:
+        """Wait until the server listens; its port. Stops it and raises if it cannot."""
         line = self._read_ready_line()
         self.port = int(json.loads(line)["port"])
         return self.port
 
+    def start(self) -> int:
+        """Start the server and wait for its port."""
+        self.spawn()
+        return self.wait_ready()
+
     def _read_ready_line(self) -> bytes:
-        assert self._process is not None and self._process.stdout is not None
+        assert self._process is not None
+        assert self._process.stdout is not None
         stdout = self._process.stdout
         buffer = b""
         deadline = time.monotonic() + self._ready_timeout
@@ -143,11 +152,11 @@ class ServerProcess:
         self.stop()
 
 
-def run_load(job: LoadJob, *, timeout: float) -> list[PhaseResult]:
-    """Run `python -m bench.load` with `job`; its results."""
+def run_load(job: LoadJob, *, timeout: float) -> dict[str, list[PhaseResult]]:
+    """Run the load process (`python -m bench.job`) with `job`; its results by target."""
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "bench.load"],
+            [sys.executable, "-m", "bench.job"],
             cwd=ROOT,
             input=job.to_json().encode(),
             capture_output=True,
@@ -159,4 +168,5 @@ def run_load(job: LoadJob, *, timeout: float) -> list[PhaseResult]:
     if completed.returncode != 0:
         stderr = completed.stderr.decode(errors="replace").strip().splitlines()[-15:]
         raise BenchProcessError("load generator failed:\n" + "\n".join(stderr))
-    return [PhaseResult.from_json(r) for r in json.loads(completed.stdout)]
+    results: dict[str, list[dict[str, Any]]] = json.loads(completed.stdout)
+    return {name: [PhaseResult.from_json(r) for r in rs] for name, rs in results.items()}

@@ -1,10 +1,10 @@
 """A server under test, in a process of its own: `python -m bench.serve KIND --spec FILE ...`.
 
 KIND is `baseline` (the bare handler), `edge` (the edge with a stub core) or `stack`
-(edge and core in this one process, sharing its event loop as `wxplatform dev` runs
-them, with an embedded redis-server as a child process). Once listening it prints one
-JSON line `{"port": N}` on stdout, then serves until its stdin reaches end of file (the
-driver finished or died), SIGTERM/SIGINT, or `--max-seconds` pass.
+(the edge in this process, delivering over gRPC to `core`: core in a child process
+with an embedded redis-server as its child). Once listening it prints one JSON line
+`{"port": N, "pid": N}` on stdout, then serves until its stdin reaches end of file
+(the driver finished or died), SIGTERM/SIGINT, or `--max-seconds` pass.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import tornado.httpserver
 import tornado.netutil
@@ -34,17 +34,25 @@ from wxplatform.logs import configure_logging
 
 __all__ = ["KINDS", "main"]
 
-KINDS = ("baseline", "edge", "stack")
+KINDS = ("baseline", "edge", "stack", "core")  # `core` is the stack's child process
+
+
+def _edge_http_options(budget_seconds: float) -> dict[str, Any]:
+    """The HTTPServer options `edge.app.start_edge` uses (kept in step by hand)."""
+    return {
+        "max_body_size": 1 << 30,  # the handler enforces the real cap itself (413)
+        "max_header_size": 16 * 1024,
+        "body_timeout": budget_seconds,
+        "idle_connection_timeout": 60,
+    }
 
 
 def _listen(
-    app: tornado.web.Application, settings: Settings
+    app: tornado.web.Application, options: dict[str, Any]
 ) -> tuple[tornado.httpserver.HTTPServer, int]:
-    """An HTTP server on a free loopback port, configured as `edge.app.start_edge` does."""
+    """An HTTP server with `options` on a free loopback port."""
     sockets = tornado.netutil.bind_sockets(0, address="127.0.0.1")
-    http = tornado.httpserver.HTTPServer(
-        app, max_body_size=settings.edge.max_body_bytes, idle_connection_timeout=60
-    )
+    http = tornado.httpserver.HTTPServer(app, **options)
     http.add_sockets(sockets)
     return http, int(sockets[0].getsockname()[1])
 
@@ -65,7 +73,8 @@ def _baseline_apps(settings: Settings) -> dict[str, BaselineApp]:
 
 @contextlib.asynccontextmanager
 async def _baseline(settings: Settings) -> AsyncIterator[int]:
-    http, port = _listen(make_baseline_app(_baseline_apps(settings)), settings)
+    options = {"max_body_size": settings.edge.max_body_bytes, "idle_connection_timeout": 60}
+    http, port = _listen(make_baseline_app(_baseline_apps(settings)), options)
     try:
         yield port
     finally:
@@ -75,23 +84,47 @@ async def _baseline(settings: Settings) -> AsyncIterator[int]:
 
 @contextlib.asynccontextmanager
 async def _edge_with_stub(settings: Settings) -> AsyncIterator[int]:
-    from edge.app import make_app
+    """The edge as `edge.app.start_edge` composes it, with `StubCore` in place of gRPC."""
+    from edge.app import make_app, message_cryptos
     from edge.core_client import CoreClient
+    from edge.handlers import CallbackDeps, InFlight
+    from edge.replayer import Replayer
+    from edge.spool import Spool
+    from wxplatform.clock import SystemClock
 
-    # Duck-typed: the stub has CoreClient's `deliver` coroutine, nothing else is used.
+    edge = settings.edge
+    clock = SystemClock()
+    # Duck-typed: the stub has CoreClient's `deliver` (and `close`); nothing else is used.
     core = cast(CoreClient, StubCore(REPLY))
-    http, port = _listen(make_app(settings, core), settings)
+    spool = Spool(Path(edge.spool_path), max_bytes=edge.spool_max_bytes)
+    await spool.open()
+    replayer = Replayer(spool, core, clock, max_age_seconds=edge.spool_max_age_seconds)
+    deps = CallbackDeps(
+        apps=settings.apps,
+        cryptos=message_cryptos(settings),
+        core=core,
+        spool=spool,
+        replayer=replayer,
+        clock=clock,
+        in_flight=InFlight(),
+        budget_seconds=edge.budget_seconds,
+        max_body_bytes=edge.max_body_bytes,
+        timestamp_window_seconds=edge.timestamp_window_seconds,
+    )
+    http, port = _listen(make_app(settings, deps), _edge_http_options(edge.budget_seconds))
+    replayer.start()
     try:
         yield port
     finally:
         http.stop()
+        await replayer.stop()
         await http.close_all_connections()
+        await spool.close()
 
 
 @contextlib.asynccontextmanager
-async def _stack(settings: Settings, spec: BenchSpec, workdir: Path) -> AsyncIterator[int]:
-    from edge.app import start_edge
-    from wxplatform.config import Secret
+async def _core(settings: Settings, workdir: Path) -> AsyncIterator[int]:
+    """Core on a free port, on its own embedded redis-server (a child process)."""
     from wxplatform.core.adapters.redis_client import connect
     from wxplatform.core.server import create_server
     from wxplatform.embedded_redis import EmbeddedRedis
@@ -102,23 +135,44 @@ async def _stack(settings: Settings, spec: BenchSpec, workdir: Path) -> AsyncIte
     try:
         core = await create_server(settings, client, listen="127.0.0.1:0", serve_metrics=False)
         try:
-            edge_config = dataclasses.replace(
-                settings.edge,
-                core_target=f"127.0.0.1:{core.port}",
-                core_credential=Secret(spec.edge_credential),
-            )
-            edge = await start_edge(
-                dataclasses.replace(settings, edge=edge_config), listen="127.0.0.1:0"
-            )
-            try:
-                yield edge.port
-            finally:
-                await edge.stop(grace_seconds=1.0)
+            yield core.port
         finally:
             await core.stop()
     finally:
         await client.aclose()
         await asyncio.to_thread(redis_server.stop)
+
+
+@contextlib.asynccontextmanager
+async def _stack(
+    settings: Settings, spec: BenchSpec, spec_path: Path, workdir: Path
+) -> AsyncIterator[int]:
+    """The edge here, delivering over gRPC to core in a child process (`_core`).
+
+    Two processes, as edge and core are deployed; the child inherits this process's
+    CPU mask, so the whole path shares the one CPU the driver gave the server side.
+    """
+    from bench.procs import ServerProcess
+    from edge.app import start_edge
+    from wxplatform.config import Secret
+
+    core = ServerProcess("core", spec_path, workdir / "core")
+    await asyncio.to_thread(core.start)
+    try:
+        edge_config = dataclasses.replace(
+            settings.edge,
+            core_target=f"127.0.0.1:{core.port}",
+            core_credential=Secret(spec.edge_credential),
+        )
+        edge = await start_edge(
+            dataclasses.replace(settings, edge=edge_config), listen="127.0.0.1:0"
+        )
+        try:
+            yield edge.port
+        finally:
+            await edge.stop(grace_seconds=1.0)
+    finally:
+        await asyncio.to_thread(core.stop)
 
 
 def _watch_for_stop(stop: asyncio.Event, max_seconds: float) -> None:
@@ -136,21 +190,25 @@ def _watch_for_stop(stop: asyncio.Event, max_seconds: float) -> None:
         loop.add_reader(0, stdin_readable)
 
 
-async def _serve(kind: str, spec: BenchSpec, workdir: Path, max_seconds: float) -> None:
+def _running(
+    kind: str, spec: BenchSpec, spec_path: Path, workdir: Path
+) -> contextlib.AbstractAsyncContextManager[int]:
     settings = spec.settings(workdir)
-    if kind != "baseline":
-        # Log as `wxplatform edge`/`core` do (stderr goes to a file the driver chose).
-        configure_logging(kind, settings.log_level)
+    if kind == "baseline":
+        return _baseline(settings)
+    # Log as `wxplatform edge`/`core` do (stderr goes to a file the driver chose).
+    configure_logging(kind, settings.log_level)
+    if kind == "edge":
+        return _edge_with_stub(settings)
+    if kind == "core":
+        return _core(settings, workdir)
+    return _stack(settings, spec, spec_path, workdir)
+
+
+async def _serve(spec_path: Path, kind: str, workdir: Path, max_seconds: float) -> None:
     stop = asyncio.Event()
     _watch_for_stop(stop, max_seconds)
-    running = (
-        _baseline(settings)
-        if kind == "baseline"
-        else _edge_with_stub(settings)
-        if kind == "edge"
-        else _stack(settings, spec, workdir)
-    )
-    async with running as port:
+    async with _running(kind, BenchSpec.load(spec_path), spec_path, workdir) as port:
         sys.stdout.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()
         await stop.wait()
@@ -168,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cpu is not None:
         # Before anything starts: redis-server and gRPC's threads inherit the mask.
         os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(_serve(args.kind, BenchSpec.load(args.spec), args.workdir, args.max_seconds))
+    asyncio.run(_serve(args.spec, args.kind, args.workdir, args.max_seconds))
     return 0
 
 

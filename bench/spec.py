@@ -91,12 +91,12 @@ class BenchSpec:
 def new_spec(log_level: str = "INFO") -> BenchSpec:
     """A fresh spec: one plaintext and one safe-mode app, and the edge as core's caller."""
     credential = "bench-edge-" + secrets.token_hex(12)
-    app_ids = {mode: f"wxbench{mode[:5]}{secrets.token_hex(4)}" for mode in MODES}
+    app_ids: dict[str, str] = {m: f"wxbench{m[:5]}{secrets.token_hex(4)}" for m in MODES}
     config: dict[str, Any] = {
         "log_level": log_level,
         "core": {"drain_seconds": 1.0},
         "edge": {"core_credential": credential},
-        "apps": [_app_table(app_ids[mode], mode) for mode in MODES],
+        "apps": [_app_table(app_ids[m], m) for m in MODES],
         "callers": [
             {
                 "name": "edge",

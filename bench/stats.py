@@ -45,8 +45,12 @@ class PhaseResult:
     invalid_reason: str | None = None
     exhausted: bool = False  # the pre-built pushes ran out before the window ended
     built: int = 0
-    server_cpu: float | None = None  # cores used by the server (and its children)
+    server_cpu: float | None = None  # cores used by the server and its child processes
+    http_cpu: float | None = None  # cores used by the process answering HTTP, alone
     load_cpu: float | None = None  # cores used by the load generator
+    steal: float | None = None  # share of the machine's CPU time stolen by the hypervisor
+    other_cpu: float | None = None  # cores busy with anything but the server and the load
+    round_rates: list[float] = field(default_factory=list)  # closed loop: each window's rate
 
     @property
     def error_count(self) -> int:
@@ -70,6 +74,7 @@ class PhaseResult:
         for key, value in out.items():
             if isinstance(value, float):
                 out[key] = round(value, 3)
+        out["round_rates"] = [round(r, 1) for r in self.round_rates]
         return out
 
     @classmethod
