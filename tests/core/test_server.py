@@ -171,8 +171,6 @@ async def test_health_serves_then_drains_gracefully(redis_client: redis.Redis) -
 
 async def test_drain_lets_an_in_flight_call_finish(redis_client: redis.Redis) -> None:
     """A call still running when SIGTERM-style drain starts completes normally."""
-    from acme.wxplatform.v1 import passive_reply_pb2
-    from wxplatform.core.adapters.redis_keys import app_key
     from wxplatform.core.server import create_server
 
     app_id = new_app_id()
@@ -180,19 +178,18 @@ async def test_drain_lets_an_in_flight_call_finish(redis_client: redis.Redis) ->
     core = await create_server(settings, redis_client, listen="127.0.0.1:0", serve_metrics=False)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{core.port}")
     stub = ingress_service_pb2_grpc.IngressServiceStub(channel)
-    # Another replica is still processing message 31337: this call waits for its result.
-    key = app_key(app_id, "dedup", "msg:31337")
-    await redis_client.set(key, b"pending", px=60_000)
-    call = stub.DeliverMessage(
-        deliver_request(text_message(app_id, "hello", "31337")),
-        metadata=bearer(EDGE_CREDENTIAL),
-        timeout=10,
+    await channel.channel_ready()
+    # Hold Redis writes: the delivery below stays in flight inside core until released.
+    await redis_client.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # type: ignore[no-untyped-call]
+    in_flight = asyncio.ensure_future(
+        stub.DeliverMessage(
+            deliver_request(text_message(app_id, "hello", "31337")),
+            metadata=bearer(EDGE_CREDENTIAL),
+            timeout=10,
+        )
     )
-    evals_before = await _script_calls(redis_client)
-    in_flight = asyncio.ensure_future(call)
-    # The call is in flight once core has polled the pending key at least twice.
-    for _ in range(500):
-        if await _script_calls(redis_client) >= evals_before + 2:
+    for _ in range(500):  # in flight once core's script waits behind the pause
+        if await _blocked_clients(redis_client):
             break
         await asyncio.sleep(0.01)
     stopping = asyncio.create_task(core.stop())
@@ -205,18 +202,13 @@ async def test_drain_lets_an_in_flight_call_finish(redis_client: redis.Redis) ->
             metadata=bearer(EDGE_CREDENTIAL),
             timeout=2,
         )
-    reply = passive_reply_pb2.PassiveReply(
-        text=passive_reply_pb2.TextReply(content="from the other replica")
-    )
-    await redis_client.set(key, b"done:" + reply.SerializeToString(), px=60_000)
-    response = await in_flight
-    assert response.duplicate
-    assert response.reply.text.content == "from the other replica"
+    response = await in_flight  # completes once the pause ends
+    assert not response.duplicate
+    assert response.reply.text.content == "hi there"
     await stopping
     await channel.close()
 
 
-async def _script_calls(client: redis.Redis) -> int:
-    """How many Lua script calls Redis has run (the ingress store polls with one)."""
-    stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+async def _blocked_clients(client: redis.Redis) -> int:
+    """Clients Redis holds back (CLIENT PAUSE counts them as blocked)."""
+    return int((await client.info("clients")).get("blocked_clients", 0))

@@ -46,7 +46,8 @@ class World:
         response: pb.GetAccessTokenResponse = await self.stub(replica).GetAccessToken(
             pb.GetAccessTokenRequest(app_id=self.app_id),
             metadata=bearer(TEAM_CREDENTIAL),
-            timeout=10,
+            # Generous: the stampede tests run 1500 calls on two cores; they test counts.
+            timeout=60,
         )
         return response
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -87,9 +86,8 @@ class IngressService:
             if transport.nonce and transport.body_sha256
             else None
         )
-        admission = await self._store.admit(app_id, key, replay, wait_seconds=wait_seconds)
-        if not admission.owned:
-            return Delivered(pr.PassiveReply.FromString(admission.reply), True, key)
+        # The rules are pure, so the reply is computed before acceptance and stored with
+        # the dedup key in the same atomic step: every delivery gets the first's reply.
         reply = choose_reply(app, message)
         accepted = Accepted(
             message=message.SerializeToString(),
@@ -99,20 +97,12 @@ class IngressService:
             windows=windows_opened_by(app, message),
             now_ms=int(self._clock.now() * 1000),
         )
-        try:
-            committed = await self._store.commit(
-                app_id, key, admission, reply.SerializeToString(), accepted
-            )
-        except BaseException:
-            # Also on cancellation (the caller's deadline): a retry must not wait out a
-            # claim nobody will complete. Shielded so the cancel cannot cut it short.
-            await asyncio.shield(self._store.release(app_id, key, admission))
-            raise
-        if committed is not None and self._results is not None:
+        outcome = await self._store.accept(app_id, key, replay, reply.SerializeToString(), accepted)
+        if not outcome.new:
+            return Delivered(pr.PassiveReply.FromString(outcome.reply), True, key)
+        if self._results is not None:
             await self._record_result(message)
-        # A lost claim means another replica accepted the message; the rules are
-        # deterministic, so the reply is the same either way.
-        return Delivered(reply, committed is None, key)
+        return Delivered(reply, False, key)
 
     async def _record_result(self, message: inbound.InboundMessage) -> None:
         """Let messaging update the delivery a result event reports on."""
