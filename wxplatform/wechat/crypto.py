@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-import string
 import struct
 from dataclasses import dataclass, field
 
@@ -27,7 +26,6 @@ __all__ = [
 ]
 
 _BLOCK = 32  # WeChat pads to 32 bytes, not to the AES block size of 16.
-_RANDOM_ALPHABET = string.ascii_letters + string.digits
 
 
 class CryptoError(ValueError):
@@ -157,4 +155,5 @@ class MessageCrypto:
 
 
 def _random16() -> bytes:
-    return "".join(secrets.choice(_RANDOM_ALPHABET) for _ in range(16)).encode()
+    # 16 hex characters: ASCII alphanumerics like the official samples use.
+    return secrets.token_hex(8).encode()

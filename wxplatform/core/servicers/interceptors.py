@@ -61,7 +61,14 @@ async def _refuse_client_streaming(
 
 
 class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Base: wraps unary-request handlers with `unary` / `stream` hooks."""
+    """Base: wraps unary-request handlers with `unary` / `stream` hooks.
+
+    A method's wrapped handler is built once and reused: the registered handlers never
+    change while the server runs, and rebuilding three wrappers per call is measurable.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def unary(self, method: str, behavior: Unary) -> Unary:
         raise NotImplementedError
@@ -74,10 +81,18 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None:
+            return cached
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.request_streaming:
             # The API has no client-streaming RPCs; only public infrastructure services
             # (reflection) may have them, so anything else is refused, not passed through.
@@ -203,6 +218,7 @@ class CallerAuth(_HandlerWrapper):
     """
 
     def __init__(self, callers: tuple[CallerConfig, ...]) -> None:
+        super().__init__()
         self._by_hash: Mapping[str, CallerConfig] = {c.token_sha256: c for c in callers}
 
     def _authorize(
