@@ -122,12 +122,19 @@ class EdgeHandler(tornado.web.RequestHandler):
         super().send_error(status_code, **kwargs)
 
     def on_finish(self) -> None:
-        log.info(
+        status = self.get_status()
+        # Success lines are pure volume at WeChat's rates (metrics count them): DEBUG.
+        # Anything else stays visible at INFO.
+        level = logging.DEBUG if status < 400 else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        log.log(
+            level,
             "http",
             extra={
                 "method": self.request.method,
                 "path": self.request.path,
-                "status": self.get_status(),
+                "status": status,
                 "ms": round((time.perf_counter() - self.started) * 1000, 2),
             },
         )

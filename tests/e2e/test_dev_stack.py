@@ -206,7 +206,7 @@ def test_sigterm_stops_everything_and_logs_hold_no_secret(dev_stack: DevStack) -
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0
     logs = dev_stack.stderr_path.read_text()
-    assert '"msg": "rpc"' in logs
+    assert '"msg": "core serving"' in logs
     secrets = [dev_stack.data["edge"]["core_credential"], dev_stack.data["dev"]["demo_credential"]]
     for app in dev_stack.data["apps"]:
         secrets += [app["app_secret"], app["token"], app.get("encoding_aes_key", "--none--")]

@@ -135,7 +135,12 @@ class Observability(_HandlerWrapper):
         code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         metrics.RPC_TOTAL.labels(method, code_name).inc()
         metrics.RPC_DURATION.labels(method).observe(elapsed)
-        log.info(
+        # Successful calls are counted by metrics and logged at DEBUG; failures at INFO.
+        level = logging.DEBUG if code_name == "OK" else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        log.log(
+            level,
             "rpc",
             extra={
                 "method": method,
