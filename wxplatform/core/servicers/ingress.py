@@ -13,9 +13,6 @@ from wxplatform.core.services.ingress import IngressService
 
 __all__ = ["IngressServicer"]
 
-# How long a retry waits for an in-flight first delivery when the caller set no deadline.
-_DEFAULT_WAIT = 3.0
-
 
 class IngressServicer(pb_grpc.IngressServiceServicer):
     """Maps `DeliverMessage` onto `IngressService.deliver`."""
@@ -26,9 +23,7 @@ class IngressServicer(pb_grpc.IngressServiceServicer):
     async def DeliverMessage(
         self, request: pb.DeliverMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeliverMessageResponse:
-        remaining = context.time_remaining()
-        wait = _DEFAULT_WAIT if remaining is None else max(remaining - 0.05, 0.0)
-        result = await self._service.deliver(request.app_id, request.message, wait_seconds=wait)
+        result = await self._service.deliver(request.app_id, request.message)
         metrics.INGRESS_MESSAGES.labels(
             request.app_id, "duplicate" if result.duplicate else "new"
         ).inc()

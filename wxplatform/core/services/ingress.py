@@ -71,9 +71,7 @@ class IngressService:
         self._clock = clock
         self._results = results
 
-    async def deliver(
-        self, app_id: str, message: inbound.InboundMessage, *, wait_seconds: float
-    ) -> Delivered:
+    async def deliver(self, app_id: str, message: inbound.InboundMessage) -> Delivered:
         """Accept one delivery of `message` and return the reply for WeChat."""
         app = self._apps.get(app_id)
         if app is None:
