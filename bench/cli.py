@@ -7,6 +7,10 @@ Scenarios, each in plaintext and safe mode, each a fresh server process per run:
 * `stack`: the whole path: the edge → gRPC → core in a second process (edge and core
   are deployed apart) → an embedded redis-server.
 
+Plus `sends` (outbound, no mode; `bench/sends.py`): SendTemplate on core (against the
+WeChat simulator in a process of its own) vs a bare grpc.aio echo RPC, and Redis
+commands per send.
+
 For each mode the servers run side by side (idle but for the one being measured) and
 one load process, a separate process, measures them: closed loop (N keep-alive
 connections, max throughput) in interleaved rounds, then open loop (a fixed 1,000
@@ -35,6 +39,7 @@ from bench.cpu import cpu_model
 from bench.job import ClosedPlan, LoadJob, OpenPlan, Target
 from bench.procs import ROOT, BenchProcessError, ServerProcess, cpu_plan, run_load
 from bench.report import OPEN_RATE, Row, judge, render_table, to_json
+from bench.sends import FULL_PLAN, QUICK_PLAN, judge_sends, run_sends, sends_json
 from bench.spec import MODES, BenchSpec, Mode, new_spec
 from bench.stats import PhaseResult
 
@@ -83,10 +88,12 @@ def _selected(only: Sequence[str] | None) -> dict[Mode, list[str]]:
 
 
 def _only_name(value: str) -> str:
+    if value == "sends":
+        return value
     scenario, _, mode = value.partition("-")
     if scenario not in (*SCENARIOS, *MODES) or mode not in ("", *MODES):
         raise argparse.ArgumentTypeError(
-            f"{value!r}: use baseline, edge, stack, plaintext, safe, or e.g. edge-safe"
+            f"{value!r}: use baseline, edge, stack, sends, plaintext, safe, or e.g. edge-safe"
         )
     return value
 
@@ -112,8 +119,9 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         type=_only_name,
         metavar="NAME",
-        help="run only this scenario or mode (repeatable): baseline, edge, stack, plaintext,\n"
-        "safe, or SCENARIO-MODE such as edge-safe; the baseline of that mode always runs too",
+        help="run only this scenario or mode (repeatable): baseline, edge, stack, sends,\n"
+        "plaintext, safe, or SCENARIO-MODE such as edge-safe; the baseline of that mode\n"
+        "always runs too (sends brings its own reference, a gRPC echo)",
     )
     parser.add_argument(
         "--connections", type=_positive(int), default=16, help="closed loop connections (16)"
@@ -243,9 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; 0 when every scenario produced figures (targets missed or not)."""
     args = _parser().parse_args(argv)
     durations = QUICK if args.quick else FULL
-    plan = _selected(args.only)
+    http_only = [name for name in args.only or [] if name != "sends"]
+    plan = _selected(http_only) if http_only or not args.only else {}
+    with_sends = not args.only or "sends" in args.only
     server_cpu, _ = cpu_plan()
     rows: list[Row] = []
+    sends_rows: list[Row] = []
+    sends_report: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="wxp-bench-") as tmp:
         spec: BenchSpec = new_spec(args.log_level)
         spec_path = Path(tmp) / "spec.json"
@@ -258,8 +270,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in _progress(done):
                 _out(f"    {line}", err=True)
             rows += done
+        if with_sends:
+            _out("[sends] grpc: echo, SendTemplate, Redis per send …", err=True)
+            try:
+                sends = run_sends(Path(tmp), QUICK_PLAN if args.quick else FULL_PLAN,
+                                  args.log_level)  # fmt: skip
+            except BenchProcessError as exc:
+                sends_rows = judge_sends(None, str(exc))
+            else:
+                sends_rows = judge_sends(sends)
+                sends_report = sends_json(sends)
+            for line in _progress(sends_rows[:2]):
+                _out(f"    {line}", err=True)
     judge(rows)
+    rows += sends_rows
     report = to_json(rows, _context(args, durations, pinned=server_cpu is not None))
+    report["sends"] = sends_report
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.json:

@@ -46,7 +46,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 class ServerProcess:
-    """A running `python -m bench.serve KIND`; use as a context manager."""
+    """A running `python -m bench.serve KIND` (or `module`); use as a context manager."""
 
     def __init__(
         self,
@@ -57,14 +57,16 @@ class ServerProcess:
         cpu: int | None = None,
         max_seconds: float = 600.0,
         ready_timeout: float = 60.0,
+        module: str = "bench.serve",
     ) -> None:
         self.kind = kind
         self.workdir = workdir
         self.log_path = workdir / f"{kind}.log"
         self.port = 0
         self.pid = 0
+        self.ready: dict[str, Any] = {}  # the whole ready line (port, pid, and any extras)
         self._args = [
-            sys.executable, "-m", "bench.serve", kind,
+            sys.executable, "-m", module, kind,
             "--spec", str(spec_path), "--workdir", str(workdir),
             "--max-seconds", str(max_seconds),
         ]  # fmt: skip
@@ -85,8 +87,8 @@ class ServerProcess:
 
     def wait_ready(self) -> int:
         """Wait until the server listens; its port. Stops it and raises if it cannot."""
-        line = self._read_ready_line()
-        self.port = int(json.loads(line)["port"])
+        self.ready = json.loads(self._read_ready_line())
+        self.port = int(self.ready["port"])
         return self.port
 
     def start(self) -> int:

@@ -78,3 +78,16 @@ async def test_load_generator_against_the_baseline(tmp_path: Path, mode: Mode) -
         assert result.verified > 0
         assert result.invalid == 0
         assert result.p50_ms > 0
+
+
+def test_sends_scenario_counts_sends_and_redis_commands(tmp_path: Path) -> None:
+    from bench.sends import SendsPlan, judge_sends, run_sends
+
+    result = run_sends(tmp_path, SendsPlan(concurrency=4, warmup=0.1, duration=0.3, rounds=1))
+    assert result.echo.errors == {}
+    assert result.sends.errors == {}
+    assert result.echo.requests > 0
+    assert result.sends.requests > 0
+    assert result.per_send is not None
+    assert result.per_send > 0
+    assert [row.scenario for row in judge_sends(result)] == ["echo", "sends", "redis"]
