@@ -37,16 +37,6 @@ __all__ = ["KINDS", "main"]
 KINDS = ("baseline", "edge", "stack", "core")  # `core` is the stack's child process
 
 
-def _edge_http_options(budget_seconds: float) -> dict[str, Any]:
-    """The HTTPServer options `edge.app.start_edge` uses (kept in step by hand)."""
-    return {
-        "max_body_size": 1 << 30,  # the handler enforces the real cap itself (413)
-        "max_header_size": 16 * 1024,
-        "body_timeout": budget_seconds,
-        "idle_connection_timeout": 60,
-    }
-
-
 def _listen(
     app: tornado.web.Application, options: dict[str, Any]
 ) -> tuple[tornado.httpserver.HTTPServer, int]:
@@ -84,42 +74,16 @@ async def _baseline(settings: Settings) -> AsyncIterator[int]:
 
 @contextlib.asynccontextmanager
 async def _edge_with_stub(settings: Settings) -> AsyncIterator[int]:
-    """The edge as `edge.app.start_edge` composes it, with `StubCore` in place of gRPC."""
-    from edge.app import make_app, message_cryptos
+    """The edge composed by `edge.app.start_edge`, with `StubCore` in place of gRPC."""
+    from edge.app import start_edge
     from edge.core_client import CoreClient
-    from edge.handlers import CallbackDeps, InFlight
-    from edge.replayer import Replayer
-    from edge.spool import Spool
-    from wxplatform.clock import SystemClock
 
-    edge = settings.edge
-    clock = SystemClock()
     # Duck-typed: the stub has CoreClient's `deliver` (and `close`); nothing else is used.
-    core = cast(CoreClient, StubCore(REPLY))
-    spool = Spool(Path(edge.spool_path), max_bytes=edge.spool_max_bytes)
-    await spool.open()
-    replayer = Replayer(spool, core, clock, max_age_seconds=edge.spool_max_age_seconds)
-    deps = CallbackDeps(
-        apps=settings.apps,
-        cryptos=message_cryptos(settings),
-        core=core,
-        spool=spool,
-        replayer=replayer,
-        clock=clock,
-        in_flight=InFlight(),
-        budget_seconds=edge.budget_seconds,
-        max_body_bytes=edge.max_body_bytes,
-        timestamp_window_seconds=edge.timestamp_window_seconds,
-    )
-    http, port = _listen(make_app(settings, deps), _edge_http_options(edge.budget_seconds))
-    replayer.start()
+    edge = await start_edge(settings, listen="127.0.0.1:0", core=cast(CoreClient, StubCore(REPLY)))
     try:
-        yield port
+        yield edge.port
     finally:
-        http.stop()
-        await replayer.stop()
-        await http.close_all_connections()
-        await spool.close()
+        await edge.stop(grace_seconds=1)
 
 
 @contextlib.asynccontextmanager

@@ -83,12 +83,19 @@ class EdgeServer:
 
 
 async def start_edge(
-    settings: Settings, *, listen: str | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    listen: str | None = None,
+    clock: Clock | None = None,
+    core: CoreClient | None = None,
 ) -> EdgeServer:
-    """Build and start the edge on `listen` (default `[edge] listen`; port 0 picks one)."""
+    """Build and start the edge on `listen` (default `[edge] listen`; port 0 picks one).
+
+    `core` replaces the gRPC client to `[edge] core_target` (the benchmark's stub core).
+    """
     edge = settings.edge
     clock = clock or SystemClock()
-    core = CoreClient(edge.core_target, edge.core_credential)
+    core = core or CoreClient(edge.core_target, edge.core_credential)
     spool = Spool(Path(edge.spool_path), max_bytes=edge.spool_max_bytes)
     await spool.open()
     replayer = Replayer(spool, core, clock, max_age_seconds=edge.spool_max_age_seconds)
