@@ -14,6 +14,8 @@ import contextlib
 import logging
 import random
 
+from google.protobuf.message import DecodeError
+
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from edge import metrics
 from edge.core_client import CoreClient
@@ -104,7 +106,14 @@ class Replayer:
             metrics.SPOOL_DROPPED.labels("expired").inc()
             await self._spool.remove(entry.id)
             return True
-        message = inbound.InboundMessage.FromString(entry.message)
+        try:
+            message = inbound.InboundMessage.FromString(entry.message)
+        except DecodeError:
+            # A corrupt entry would block every entry behind it: drop it, loudly.
+            log.error("unreadable spool entry dropped", extra={"app_id": entry.app_id})
+            metrics.SPOOL_DROPPED.labels("corrupt").inc()
+            await self._spool.remove(entry.id)
+            return True
         message.transport.spool_replays = entry.attempts + 1
         try:
             await self._core.deliver(message, timeout=_REPLAY_TIMEOUT, request_id=entry.request_id)

@@ -368,6 +368,11 @@ def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Sett
             t, "delivery_ttl_seconds", CoreConfig.delivery_ttl_seconds, 3600, 365 * 86400
         ),
     )
+    if core.idempotency_ttl_seconds > core.delivery_ttl_seconds:
+        # A retry after the record expired would find the key done but no outcome to give.
+        raise ConfigError(
+            t.key("idempotency_ttl_seconds"), "must not exceed core.delivery_ttl_seconds"
+        )
     t.done()
 
     t = root.table("edge")

@@ -75,7 +75,12 @@ _FINISH = """
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5]) end
 redis.call('SET', KEYS[1], 'done:' .. ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[4])
-if KEYS[4] ~= '' and ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[6] .. ':used', -1) end
+if KEYS[4] ~= '' and ARGV[6] ~= '' then
+  -- Never below zero (a new interaction may have reset the count meanwhile), and never
+  -- recreating an expired window.
+  local used = tonumber(redis.call('HGET', KEYS[4], ARGV[6] .. ':used') or '0')
+  if used > 0 then redis.call('HINCRBY', KEYS[4], ARGV[6] .. ':used', -1) end
+end
 return 1
 """
 
@@ -84,7 +89,10 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == 'pending:' .. ARGV[1] .. ':' .. ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
-if KEYS[2] ~= '' and ARGV[3] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':used', -1) end
+if KEYS[2] ~= '' and ARGV[3] ~= '' then
+  local used = tonumber(redis.call('HGET', KEYS[2], ARGV[3] .. ':used') or '0')
+  if used > 0 then redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':used', -1) end
+end
 return 1
 """
 

@@ -3,10 +3,12 @@
 Retry policy by error class, always inside the caller's deadline:
 
 - not sent (connection refused or timed out, pool exhausted): retry with backoff;
-- HTTP 5xx and errcode -1: WeChat did not act; retry with backoff;
-- sent but no answer (read timeout, connection reset): the outcome is unknown. A call
-  marked `idempotent` (reads, token fetches) is retried; a send is not — it raises
-  `WeChatOutcomeUnknown`, so the caller records it rather than risk sending twice;
+- errcode -1 ("system error": WeChat did not act): retry with backoff;
+- sent but no answer (read timeout, connection reset), a gateway's 5xx, or an answer
+  that is not WeChat's JSON: the outcome is unknown. A call marked `idempotent` (reads,
+  token fetches, template sends, which WeChat deduplicates by `client_msg_id`) is
+  retried; any other send is not — it raises `WeChatOutcomeUnknown`, so the caller
+  records it rather than risk delivering twice;
 - any other errcode: raised at once as `WeChatRefused` (the caller handles token errors).
 """
 
@@ -80,8 +82,13 @@ class WeChatClient:
         deadline: float,
         idempotent: bool = False,
         token_endpoint: bool = False,
+        is_send: bool = False,
     ) -> dict[str, Any]:
-        """POST JSON; a send (`idempotent=False`) is never re-sent once it may have arrived."""
+        """POST JSON; a send (`idempotent=False`) is never re-sent once it may have arrived.
+
+        `is_send`: when the retries run out after an attempt that may have reached
+        WeChat, the outcome is reported as unknown rather than as unavailable.
+        """
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         return await self._call(
             "POST",
@@ -91,9 +98,10 @@ class WeChatClient:
             deadline=deadline,
             idempotent=idempotent,
             token_endpoint=token_endpoint,
+            is_send=is_send,
         )
 
-    async def _call(
+    async def _call(  # noqa: PLR0912 - one branch per failure class of the retry policy
         self,
         method: str,
         path: str,
@@ -103,9 +111,11 @@ class WeChatClient:
         deadline: float,
         idempotent: bool,
         token_endpoint: bool,
+        is_send: bool = False,
     ) -> dict[str, Any]:
         """`deadline` is a `time.monotonic()` instant."""
         delay = _BACKOFF_START
+        maybe_sent = False  # some attempt may have reached WeChat
         last: Exception | None = None
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             remaining = deadline - time.monotonic()
@@ -139,11 +149,32 @@ class WeChatClient:
                     raise WeChatOutcomeUnknown(
                         f"no answer from WeChat after sending ({exc.__class__.__name__})"
                     ) from None
+                maybe_sent = True
                 last = WeChatUnavailable(f"no answer from WeChat: {exc.__class__.__name__}")
+            except httpx.HTTPError as exc:  # anything else httpx raises mid-exchange
+                self._observe(path, "http_error", started)
+                if not idempotent:
+                    raise WeChatOutcomeUnknown(
+                        f"the exchange with WeChat failed ({exc.__class__.__name__})"
+                    ) from None
+                maybe_sent = True
+                last = WeChatUnavailable(
+                    f"the exchange with WeChat failed: {exc.__class__.__name__}"
+                )
             else:
-                result = self._parse(path, response, started, token_endpoint)
+                try:
+                    result = self._parse(path, response, started, token_endpoint)
+                except WeChatBadResponse as exc:
+                    if not idempotent:  # the request was answered: it may have acted
+                        raise WeChatOutcomeUnknown(exc.message) from None
+                    raise
                 if result is not None:
                     return result
+                if not idempotent and response.status_code >= 500:
+                    # A gateway error after the request went out: WeChat may have acted,
+                    # and resending could deliver twice.
+                    raise WeChatOutcomeUnknown(f"WeChat answered HTTP {response.status_code}")
+                maybe_sent = maybe_sent or response.status_code >= 500
                 last = WeChatUnavailable(f"WeChat busy (HTTP {response.status_code})")
             if attempt < _MAX_ATTEMPTS:
                 pause = min(
@@ -152,6 +183,8 @@ class WeChatClient:
                 )
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, _BACKOFF_CAP)
+        if is_send and maybe_sent:
+            raise WeChatOutcomeUnknown(f"{last}; an attempt may have reached WeChat")
         raise last or WeChatUnavailable("no time left to call WeChat")
 
     def _parse(

@@ -58,7 +58,9 @@ class CredentialManager:
         self._fetch = fetch
         self._clock = clock
         self._local: dict[str, _Local] = {}
-        self._flights: dict[str, asyncio.Task[Credential]] = {}
+        # In flight per (app, rejected value or ""): a refresh after a rejection must not
+        # ride on a background refresh that may hand the rejected token back.
+        self._flights: dict[tuple[str, str], asyncio.Task[Credential]] = {}
 
     async def get(self, app: AppConfig, *, deadline: float) -> Credential:
         """The current credential, refreshing it first when missing or expired."""
@@ -108,10 +110,11 @@ class CredentialManager:
         self, app: AppConfig, stale: StoredCredential | None, rejected: str | None
     ) -> asyncio.Task[Credential]:
         """The refresh in flight for this app in this process, started if needed."""
-        flight = self._flights.get(app.app_id)
+        key = (app.app_id, rejected or "")
+        flight = self._flights.get(key)
         if flight is None or flight.done():
             flight = asyncio.create_task(self._refresh(app, stale, rejected))
-            self._flights[app.app_id] = flight
+            self._flights[key] = flight
             flight.add_done_callback(lambda t: t.cancelled() or t.exception())  # consumed here
         return flight
 
@@ -136,7 +139,7 @@ class CredentialManager:
             # Another replica is refreshing: wait for its result rather than fetch again.
             await asyncio.sleep(pause)
             pause = min(pause * 2, _WAIT_CAP)
-            fresh = self._usable(await self._store.read(app.app_id), stale)
+            fresh = self._usable(await self._store.read(app.app_id), stale, rejected)
             if fresh is not None:
                 return fresh
         raise TokenUnavailable(f"{self.kind} refresh timed out waiting for another replica")
@@ -152,7 +155,7 @@ class CredentialManager:
         stored = False
         try:
             # Re-check under the lock: the previous holder may have just refreshed.
-            fresh = self._usable(await self._store.read(app.app_id), stale)
+            fresh = self._usable(await self._store.read(app.app_id), stale, rejected)
             if fresh is not None:
                 return fresh
             value, expires_in = await self._fetch(app, rejected, deadline)
@@ -162,7 +165,7 @@ class CredentialManager:
             )
             if not stored:
                 # Our lock expired while fetching and a newer refresh wrote: use that one.
-                newer = self._usable(await self._store.read(app.app_id), None)
+                newer = self._usable(await self._store.read(app.app_id), None, rejected)
                 if newer is None:
                     raise TokenUnavailable(f"{self.kind} refresh lost its lock")
                 return newer
@@ -177,10 +180,13 @@ class CredentialManager:
                 await self._store.release(app.app_id, fence)
 
     def _usable(
-        self, current: StoredCredential | None, stale: StoredCredential | None
+        self, current: StoredCredential | None, stale: StoredCredential | None, rejected: str | None
     ) -> Credential | None:
-        """`current` if someone else refreshed it since we saw `stale`, and it is good."""
-        if current is None:
+        """`current` if someone else refreshed it since we saw `stale`, and it is good.
+
+        Never the `rejected` value, whatever its fence: WeChat refused it.
+        """
+        if current is None or current.value == rejected:
             return None
         left = current.expires_ms / 1000 - self._clock.now()
         unchanged = stale is not None and (current.fence, current.value) == (

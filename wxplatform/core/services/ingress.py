@@ -93,7 +93,9 @@ class IngressService:
             event=message.event,
             openid=message.from_user_name,
             windows=windows_opened_by(app, message),
-            now_ms=int(self._clock.now() * 1000),
+            # WeChat times the window from the interaction itself; a push replayed from
+            # the edge's spool hours later must not open a window WeChat already closed.
+            now_ms=int(min(self._clock.now(), message.create_time or self._clock.now()) * 1000),
         )
         outcome = await self._store.accept(app_id, key, replay, reply.SerializeToString(), accepted)
         if not outcome.new:

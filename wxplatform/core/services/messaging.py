@@ -276,7 +276,13 @@ class MessagingService:
     ) -> pb.Delivery:
         async def call(token: str) -> dict[str, Any]:
             return await self._wechat.post(
-                outbound.api, {"access_token": token}, outbound.body, deadline=deadline
+                outbound.api,
+                {"access_token": token},
+                outbound.body,
+                deadline=deadline,
+                # Safe to resend only when WeChat deduplicates it (client_msg_id, 45065).
+                idempotent="client_msg_id" in outbound.body,
+                is_send=True,
             )
 
         failure: WxPlatformError | None = None
@@ -294,14 +300,17 @@ class MessagingService:
                 delivery.status = pb.DELIVERY_STATUS_REJECTED
                 delivery.errcode, delivery.errmsg = exc.errcode, exc.errmsg
                 if exc.errcode == _DAILY_QUOTA:
-                    await self._trip(app, outbound.api)
+                    try:
+                        await self._trip(app, outbound.api)
+                    except WxPlatformError:  # the record matters more than the circuit
+                        log.exception("could not open the daily-quota circuit")
         except WeChatOutcomeUnknown as exc:
             failure = exc
             delivery.status = pb.DELIVERY_STATUS_UNKNOWN
             delivery.errmsg = exc.message
         except WxPlatformError:
-            # Nothing reached WeChat (unreachable, token unavailable, store down): forget
-            # the claim so the caller may simply retry with the same key.
+            # Nothing reached WeChat (unreachable, -1 until the deadline, token
+            # unavailable, store down): forget the claim so a retry with the key may send.
             await self._store.release(
                 app.app_id,
                 idem,
@@ -309,6 +318,22 @@ class MessagingService:
                 delivery_id=delivery.delivery_id,
                 window_openid=openid,
                 window=window,
+            )
+            raise
+        except Exception:
+            # A bug, after WeChat may have been called: record the outcome as unknown so
+            # a retry with the same key cannot send twice, then let the error surface.
+            log.exception("unexpected error during a send")
+            delivery.status = pb.DELIVERY_STATUS_UNKNOWN
+            await self._store.finish(
+                app.app_id,
+                idem,
+                digest=digest,
+                delivery_id=delivery.delivery_id,
+                record=delivery.SerializeToString(),
+                msgid="",
+                window_openid=openid,
+                refund="",
             )
             raise
         delivery.update_time.CopyFrom(_now_pb(self._clock.now()))
