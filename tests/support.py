@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +20,7 @@ import redis.asyncio as redis
 from edge.app import EdgeServer, start_edge
 from wxplatform.clock import Clock, SystemClock
 from wxplatform.config import (
-    EdgeConfig,
+    AppConfig,
     Secret,
     Settings,
     WeChatConfig,
@@ -166,9 +166,9 @@ async def running_stack(
         await core.stop()
 
 
-def only(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
-    """The subset of `mapping` with `keys`."""
-    return {k: mapping[k] for k in keys if k in mapping}
+def app_by_prefix(stack: Stack, prefix: str) -> AppConfig:
+    """The stack's app whose id starts with `prefix` (tests name apps by role)."""
+    return next(a for a in stack.settings.apps.values() if a.app_id.startswith(prefix))
 
 
 __all__ = [
@@ -176,14 +176,13 @@ __all__ = [
     "EDGE_CREDENTIAL",
     "OTHER_CREDENTIAL",
     "TEAM_CREDENTIAL",
-    "EdgeConfig",
     "Stack",
+    "app_by_prefix",
     "app_table",
     "bearer",
     "error_info",
     "make_settings",
     "new_app_id",
-    "only",
     "running_simulator",
     "running_stack",
 ]

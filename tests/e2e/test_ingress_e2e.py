@@ -24,6 +24,7 @@ from tests.support import (
     new_app_id,
     running_stack,
 )
+from tests.support import app_by_prefix as app
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.core.server import create_server
@@ -49,10 +50,6 @@ async def stack(redis_client: redis.Redis) -> AsyncIterator[Stack]:
     )
     async with running_stack(settings, redis_client, with_edge=True) as running:
         yield running
-
-
-def app(stack: Stack, prefix: str) -> AppConfig:
-    return next(a for a in stack.settings.apps.values() if a.app_id.startswith(prefix))
 
 
 def text(target: AppConfig, content: str, msg_id: int | None = None) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import time
 import urllib.parse
 from typing import Any
 
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
 from wxplatform.config import AppConfig
 from wxplatform.wechat.crypto import MessageCrypto
 from wxplatform.wechat.payload import render_xml
@@ -65,3 +67,11 @@ def push_request(
             "msg_signature": sign(app.token.reveal(), ts, nonce, sealed),
         }
     return f"{base}/wx/{app.app_id}?{urllib.parse.urlencode(query)}", body
+
+
+async def fetch(url: str, body: bytes | None = None) -> HTTPResponse:
+    """GET (no body) or POST `url` without raising for HTTP errors."""
+    method = "GET" if body is None else "POST"
+    return await AsyncHTTPClient().fetch(
+        url, method=method, body=body, raise_error=False, request_timeout=10
+    )

@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from tests.edge.signing import push_request, text_fields, verify_url
+from tests.edge.signing import fetch, push_request, text_fields, verify_url
 from tests.support import Stack, app_table, make_settings, new_app_id, running_stack
-from wxplatform.config import AppConfig
+from tests.support import app_by_prefix as app
 from wxplatform.wechat.crypto import MessageCrypto
 from wxplatform.wechat.payload import parse_xml
 from wxplatform.wechat.signature import sign
@@ -27,17 +26,6 @@ async def stack(redis_client: redis.Redis) -> AsyncIterator[Stack]:
     )
     async with running_stack(settings, redis_client, with_edge=True) as running:
         yield running
-
-
-def app(stack: Stack, prefix: str) -> AppConfig:
-    return next(a for a in stack.settings.apps.values() if a.app_id.startswith(prefix))
-
-
-async def fetch(url: str, body: bytes | None = None) -> HTTPResponse:
-    method = "GET" if body is None else "POST"
-    return await AsyncHTTPClient().fetch(
-        url, method=method, body=body, raise_error=False, request_timeout=10
-    )
 
 
 async def test_verification_echoes_when_signed(stack: Stack) -> None:

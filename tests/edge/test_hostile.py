@@ -27,12 +27,13 @@ from typing import Any, cast
 import pytest
 import redis.asyncio as redis
 from google.protobuf import json_format
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpclient import HTTPResponse
 
 from acme.wxplatform.v1.inbound_message_pb2 import InboundMessage
 from edge import metrics
-from tests.edge.signing import push_request, text_fields
+from tests.edge.signing import fetch, push_request, text_fields
 from tests.support import Stack, app_table, make_settings, new_app_id, running_stack
+from tests.support import app_by_prefix as app
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.wechat.crypto import BadCiphertext, MessageCrypto
@@ -62,18 +63,7 @@ async def stack(redis_client: redis.Redis) -> AsyncIterator[Stack]:
         yield running
 
 
-def app(stack: Stack, prefix: str) -> AppConfig:
-    return next(a for a in stack.settings.apps.values() if a.app_id.startswith(prefix))
-
-
 # --- requests -----------------------------------------------------------------------
-
-
-async def fetch(url: str, body: bytes | None = None) -> HTTPResponse:
-    method = "GET" if body is None else "POST"
-    return await AsyncHTTPClient().fetch(
-        url, method=method, body=body, raise_error=False, request_timeout=10
-    )
 
 
 def new_nonce() -> str:
