@@ -78,7 +78,7 @@ async def sim_push(
     learns of the user's interaction (which opens a customer-service window, as on
     WeChat); otherwise straight from this process.
     """
-    import httpx
+    import aiohttp
 
     from wxplatform.sim import original_id, push, text_message
 
@@ -89,13 +89,15 @@ async def sim_push(
         )
     base = edge_url or f"http://{settings.edge.listen}"
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
-            answer = await client.post(
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client,
+            client.post(
                 f"http://{settings.dev.sim_listen}/_sim/push",
                 json={"app_id": app_id, "edge_url": base, "text": text, "openid": openid},
-            )
-        outcome: dict[str, Any] = answer.json()
-    except httpx.TransportError:
+            ) as answer,
+        ):
+            outcome: dict[str, Any] = await answer.json()
+    except aiohttp.ClientConnectionError:
         outcome = (await push(app, base, text_message(original_id(app_id), openid, text))).to_json()
     shown = {k: outcome.get(k) for k in ("status", "attempts", "reply", "error")}
     print(

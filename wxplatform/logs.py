@@ -82,5 +82,5 @@ def configure_logging(process: str, level: str = "INFO") -> None:
     # Tornado logs every request itself; the edge writes its own access line instead.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     # HTTP client libraries log full URLs, and WeChat's token URL carries the AppSecret.
-    for noisy in ("httpx", "httpcore"):
+    for noisy in ("aiohttp",):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -390,6 +390,19 @@ async def test_a_rejected_token_is_replaced_once_for_a_burst(redis_client: redis
         assert len(env.sim.sent(env.oa)) == 101
 
 
+async def test_a_dropped_connection_on_a_customer_send_is_not_resent(env: Env) -> None:
+    """The request went out and no answer came back: WeChat may have delivered it."""
+    await env.sim.push(
+        env.oa, env.stacks[0].edge_url, text_message(original_id(env.oa), FOLLOWER, "hi")
+    )
+    env.sim.add_fault(CUSTOM_API, reset=True)
+    first = await failure(env.customer("reset-1", "maybe delivered"))
+    assert error_info(first)[0] == "WECHAT_OUTCOME_UNKNOWN"
+    again = await failure(env.customer("reset-1", "maybe delivered"))
+    assert error_info(again)[0] == "WECHAT_OUTCOME_UNKNOWN"
+    assert env.calls(CUSTOM_API) == 1
+
+
 async def test_a_gateway_error_on_a_customer_send_is_not_resent(env: Env) -> None:
     """Customer messages have no client_msg_id: after a 502 WeChat may have delivered."""
     await env.sim.push(

@@ -203,6 +203,14 @@ async def test_wechat_failures_map_to_typed_errors(
     assert secret not in (caught.value.details() or "")
 
 
+async def test_a_dropped_connection_on_a_token_fetch_is_retried(one: World) -> None:
+    """Fetching a token is safe to repeat: a reset without an answer is tried again."""
+    one.sim.add_fault("/cgi-bin/stable_token", reset=True, times=2)
+    token = await one.token()
+    assert token.access_token
+    assert len(one.sim.requests("/cgi-bin/stable_token")) == 3
+
+
 async def test_transient_errors_are_retried(one: World) -> None:
     one.sim.add_fault("/cgi-bin/stable_token", errcode=-1, times=2)
     token = await one.token()

@@ -78,10 +78,20 @@ async def test_raw_body_fault(client: httpx.AsyncClient) -> None:
     assert response.text == "{truncated"
 
 
+async def test_reset_fault_drops_the_connection_unanswered(client: httpx.AsyncClient) -> None:
+    await add_fault(client, path="/cgi-bin/stable_token", reset=True)
+    with pytest.raises(httpx.RemoteProtocolError):
+        await client.post("/cgi-bin/stable_token", json={})
+    assert len((await client.get("/_sim/requests")).json()) >= 1  # it was read
+    assert (await client.get("/_sim/faults")).json() == []
+
+
 @pytest.mark.parametrize(
     "fault",
     [
         {"path": "/cgi-bin/token"},
+        {"path": "/cgi-bin/token", "reset": True, "errcode": -1},
+        {"path": "/cgi-bin/token", "reset": 1},
         {"path": "/cgi-bin/token", "errcode": -1, "times": 0},
         {"path": "/cgi-bin/token", "errcode": "x"},
         {"path": "/cgi-bin/token", "http_status": 99},

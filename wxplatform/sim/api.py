@@ -13,8 +13,9 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from tornado.http1connection import HTTP1Connection
 from tornado.web import HTTPError, RequestHandler
 
 from wxplatform.sim.errors import ApiError, error_body
@@ -74,7 +75,11 @@ class ApiHandler(RequestHandler):
             return
         if fault.latency_ms:
             await asyncio.sleep(fault.latency_ms / 1000)
-        if fault.responds:
+        if fault.reset:
+            # Drop the connection with the request read and no answer sent.
+            cast(HTTP1Connection, request.connection).stream.close()
+            self.finish()  # tornado notices the closed stream and writes nothing
+        elif fault.responds:
             self._answer_with(fault)
 
     def _answer_with(self, fault: Fault) -> None:

@@ -1,9 +1,11 @@
 """Injected faults: make the next N requests to a path fail the way WeChat sometimes does.
 
 A fault can add latency, answer with a WeChat errcode (e.g. -1 "system error"), answer
-with a non-200 status and an HTML page (what a gateway in front of WeChat sends), or
-answer with any raw body. `times` counts the requests it applies to; -1 means until
-cleared. Faults for the same path apply in the order they were added.
+with a non-200 status and an HTML page (what a gateway in front of WeChat sends),
+answer with any raw body, or close the connection after reading the request without
+answering (`reset`: a crashed or overloaded front end; the request may have acted).
+`times` counts the requests it applies to; -1 means until cleared. Faults for the same
+path apply in the order they were added.
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from typing import Any
 __all__ = ["Fault", "FaultBook", "gateway_page"]
 
 _FIELDS = frozenset(
-    {"path", "errcode", "errmsg", "times", "latency_ms", "http_status", "body", "content_type"}
+    {
+        "path",
+        "errcode",
+        "errmsg",
+        "times",
+        "latency_ms",
+        "http_status",
+        "body",
+        "content_type",
+        "reset",
+    }
 )
 
 
@@ -45,6 +57,7 @@ class Fault:
     http_status: int = 200
     body: str | None = None
     content_type: str | None = None
+    reset: bool = False
 
     def __post_init__(self) -> None:
         if self.path is not None and not self.path.startswith("/"):
@@ -57,8 +70,10 @@ class Fault:
             raise ValueError("latency_ms must be between 0 and 120000")
         if not 100 <= self.http_status <= 599:
             raise ValueError("http_status must be an HTTP status code")
-        if not self.responds and not self.latency_ms:
-            raise ValueError("a fault needs errcode, body, http_status != 200 or latency_ms")
+        if self.reset and self.responds:
+            raise ValueError("a reset fault sends no answer: no errcode, body or http_status")
+        if not self.responds and not self.latency_ms and not self.reset:
+            raise ValueError("a fault needs errcode, body, http_status != 200, latency_ms or reset")
 
     @classmethod
     def from_json(cls, data: Any) -> Fault:
@@ -77,10 +92,12 @@ class Fault:
             "http_status": (int,),
             "body": (str,),
             "content_type": (str,),
+            "reset": (bool,),
         }
         for name, kinds in checks.items():
             value = data.get(name)
-            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            wrong = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+            if value is not None and wrong:
                 raise ValueError(f"fault field {name!r} has the wrong type")
         values = {k: v for k, v in data.items() if v is not None}
         return cls(**values)

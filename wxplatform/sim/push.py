@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from wxplatform.clock import Clock, SystemClock
 from wxplatform.config import AppConfig
@@ -93,7 +93,7 @@ async def push(
     timeout: float = 5.0,
     max_retries: int = 3,
     nonce: str | None = None,
-    http_client: httpx.AsyncClient | None = None,
+    http_client: aiohttp.ClientSession | None = None,
     key_index: int = 0,
 ) -> PushResult:
     """Push `fields` to `{edge_base_url}/wx/{app_id}` as WeChat would and judge the answer.
@@ -116,14 +116,14 @@ async def push(
             http_client, app, request, fields, timeout=timeout, max_retries=max_retries
         )
     # trust_env=False: a proxy from the environment must not sit between us and the edge.
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with aiohttp.ClientSession(trust_env=False) as client:
         return await _deliver(
             client, app, request, fields, timeout=timeout, max_retries=max_retries
         )
 
 
 async def _deliver(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     app: AppConfig,
     request: PushRequest,
     fields: Mapping[str, Any],
@@ -138,30 +138,37 @@ async def _deliver(
         try:
             # One deadline for the whole exchange: a slow trickle of bytes does not
             # reset it, exactly like WeChat's 5-second limit.
-            async with asyncio.timeout(timeout):
-                response = await client.post(
-                    request.url, content=request.body, headers=request.headers, timeout=None
-                )
+            async with (
+                asyncio.timeout(timeout),
+                client.post(
+                    request.url,
+                    data=request.body,
+                    headers=request.headers,
+                    timeout=aiohttp.ClientTimeout(total=None),
+                    allow_redirects=False,
+                ) as response,
+            ):
+                status, content = response.status, await response.read()
         except TimeoutError:
             reason = f"no complete answer within {timeout:g} s"
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             reason = f"transport error ({type(exc).__name__})"
         else:
-            verdict = check_reply(app, response.status_code, response.content, fields)
+            verdict = check_reply(app, status, content, fields)
             elapsed = time.perf_counter() - attempt_started
-            history.append(PushAttempt(number, response.status_code, verdict.error, elapsed))
+            history.append(PushAttempt(number, status, verdict.error, elapsed))
             log.info(
                 "push to %s answered on attempt %d: HTTP %d%s",
                 app.app_id,
                 number,
-                response.status_code,
+                status,
                 f" rejected: {verdict.error}" if verdict.error else "",
             )
             return PushResult(
                 attempts=number,
-                status=response.status_code,
+                status=status,
                 reply=verdict.reply,
-                raw_body=response.content,
+                raw_body=content,
                 error=verdict.error,
                 elapsed=time.perf_counter() - started,
                 request=request,

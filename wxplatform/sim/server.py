@@ -172,6 +172,7 @@ class WeChatSimulator:
         http_status: int = 200,
         body: str | None = None,
         content_type: str | None = None,
+        reset: bool = False,
     ) -> Fault:
         """Inject a fault for the next `times` requests to `path` (None = any API path)."""
         fault = Fault(
@@ -183,6 +184,7 @@ class WeChatSimulator:
             http_status=http_status,
             body=body,
             content_type=content_type,
+            reset=reset,
         )
         self.state.faults.add(fault)
         return fault
