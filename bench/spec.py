@@ -101,7 +101,7 @@ def new_spec(log_level: str = "INFO") -> BenchSpec:
             {
                 "name": "edge",
                 "token_sha256": hash_credential(credential),
-                "allow": [{"apps": ["*"], "rpcs": ["IngressService/DeliverMessage"]}],
+                "allow": [{"apps": ["*"], "rpcs": ["IngressService/*"]}],
             }
         ],
     }

@@ -1,42 +1,169 @@
 """The edge's gRPC client for core: generated stub, credential, request id, deadline.
 
+Deliveries travel on one long-lived `DeliverStream` per edge process: a unary call
+costs the edge more CPU than the rest of a push together, a stream message a fraction
+of it, and deliveries queued while the previous write was in flight go out together.
+The stream opens on first use and again after it breaks; every delivery keeps its own
+deadline (the push's remaining budget), enforced here.
+
 Failures split in two: `CoreRejected` when core refuses this message for good (a
 replayed signature, a malformed message), and `CoreUnavailable` for everything else
-(down, slow, draining, misconfigured): those messages go to the spool and are retried.
+(down, slow, draining, misconfigured, stream broken): those messages go to the spool
+and are retried.
 """
 
 from __future__ import annotations
 
-import grpc
-from google.rpc import error_details_pb2, status_pb2
+import asyncio
+import contextlib
+import itertools
+import logging
+from typing import Any
 
-from acme.wxplatform.v1 import inbound_message_pb2, ingress_service_pb2, ingress_service_pb2_grpc
+import grpc
+
+from acme.wxplatform.v1 import (
+    error_reason_pb2,
+    inbound_message_pb2,
+    ingress_service_pb2,
+    ingress_service_pb2_grpc,
+)
 from edge import metrics
 from edge.errors import CoreRejected, CoreUnavailable
 from wxplatform.config import Secret
-from wxplatform.logs import REQUEST_ID_METADATA
+from wxplatform.logs import REQUEST_ID_METADATA, new_request_id
 
 __all__ = ["CoreClient"]
+
+log = logging.getLogger("wxplatform.edge.core")
 
 # Core's verdicts that replaying later cannot change: status code → (reason → HTTP status).
 _FINAL = {
     (grpc.StatusCode.PERMISSION_DENIED, "REPLAYED_REQUEST"): 403,
     (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"): 400,
 }
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_MAX_BATCH = 256  # deliveries per stream message (each is a few KiB at most)
+_CLOSE_WAIT = 5.0  # seconds `close` waits for answers to deliveries already sent
+
+Response = ingress_service_pb2.DeliverMessageResponse
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return str(info.reason)
-    return ""
+def _failure(code: grpc.StatusCode, reason: str, details: str) -> CoreRejected | CoreUnavailable:
+    """The edge's error for a delivery core did not accept."""
+    metrics.CORE_CALLS.labels(code.name).inc()
+    status = _FINAL.get((code, reason))
+    if status is not None:
+        return CoreRejected(reason.lower(), details, status=status)
+    return CoreUnavailable(f"core_{code.name.lower()}", details)
+
+
+class _Stream:
+    """One open `DeliverStream` call: a writer batching the queue, a reader answering."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._queue: asyncio.Queue[ingress_service_pb2.StreamedDelivery | None] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._ids = itertools.count(1)
+        self.broken = False
+        self._writer = asyncio.create_task(self._write(), name="core-stream-writer")
+        self._reader = asyncio.create_task(self._read(), name="core-stream-reader")
+
+    def submit(
+        self, request: ingress_service_pb2.DeliverMessageRequest, request_id: str
+    ) -> tuple[int, asyncio.Future[Response]]:
+        """Queue one delivery: its id, and a future for core's response or the error."""
+        delivery_id = next(self._ids)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[delivery_id] = future
+        self._queue.put_nowait(
+            ingress_service_pb2.StreamedDelivery(
+                id=delivery_id, request=request, request_id=request_id
+            )
+        )
+        return delivery_id, future
+
+    def forget(self, delivery_id: int) -> None:
+        """Stop waiting for a delivery (its deadline passed); a late answer is dropped."""
+        self._pending.pop(delivery_id, None)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                first = await self._queue.get()
+                if first is None:
+                    await self._call.done_writing()
+                    return
+                batch = [first]
+                while len(batch) < _MAX_BATCH and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        self._queue.put_nowait(None)  # close after this batch
+                        break
+                    batch.append(item)
+                await self._call.write(ingress_service_pb2.DeliverStreamRequest(deliveries=batch))
+        except grpc.aio.AioRpcError as exc:
+            self._fail(exc.code(), exc.details() or "")
+        except (asyncio.InvalidStateError, grpc.aio.UsageError):
+            self._fail(grpc.StatusCode.UNAVAILABLE, "the stream to core closed")
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                response = await self._call.read()
+                if response is grpc.aio.EOF:
+                    break
+                for result in response.results:
+                    self._settle(result)
+            code = await self._call.code()
+            self._fail(
+                grpc.StatusCode.UNAVAILABLE if code == grpc.StatusCode.OK else code,
+                await self._call.details() or "the stream to core ended",
+            )
+        except grpc.aio.AioRpcError as exc:
+            self._fail(exc.code(), exc.details() or "")
+
+    def _settle(self, result: ingress_service_pb2.StreamedResult) -> None:
+        future = self._pending.pop(result.id, None)
+        if future is None or future.done():
+            return  # its deadline passed: the push went to the spool
+        if result.HasField("response"):
+            metrics.CORE_CALLS.labels("OK").inc()
+            future.set_result(result.response)
+            return
+        error = result.error
+        code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+        reason = error_reason_pb2.ErrorReason.Name(error.reason).removeprefix("ERROR_REASON_")
+        future.set_exception(_failure(code, reason, error.message))
+
+    def _fail(self, code: grpc.StatusCode, details: str) -> None:
+        """The stream is over: every delivery still waiting fails as unavailable."""
+        self.broken = True
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(
+                    CoreUnavailable(f"core_{code.name.lower()}", details or "stream to core broke")
+                )
+                metrics.CORE_CALLS.labels(code.name).inc()
+        self._writer.cancel()
+
+    async def close(self) -> None:
+        """Finish writing, wait a little for outstanding answers, then cancel."""
+        if not self.broken:
+            self._queue.put_nowait(None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), _CLOSE_WAIT)
+        self._call.cancel()
+        for task in (self._writer, self._reader):
+            task.cancel()
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+        self._fail(grpc.StatusCode.UNAVAILABLE, "edge shutting down")
 
 
 class CoreClient:
-    """One channel to core for the whole edge process."""
+    """One channel to core for the whole edge process, one delivery stream on it."""
 
     def __init__(self, target: str, credential: Secret | None) -> None:
         self._channel = grpc.aio.insecure_channel(
@@ -51,31 +178,37 @@ class CoreClient:
         )
         self._stub = ingress_service_pb2_grpc.IngressServiceStub(self._channel)
         self._auth = (("authorization", f"Bearer {credential.reveal()}"),) if credential else ()
+        self._stream: _Stream | None = None
+
+    def _open(self) -> _Stream:
+        if self._stream is None or self._stream.broken:
+            call = self._stub.DeliverStream(
+                metadata=((REQUEST_ID_METADATA, new_request_id()), *self._auth)
+            )
+            self._stream = _Stream(call)
+        return self._stream
 
     async def deliver(
         self, message: inbound_message_pb2.InboundMessage, *, timeout: float, request_id: str
-    ) -> ingress_service_pb2.DeliverMessageResponse:
+    ) -> Response:
         """Deliver one message; raises `CoreRejected` or `CoreUnavailable` on failure."""
         if timeout <= 0:
             metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
             raise CoreUnavailable("core_deadline", "no time left in the budget")
+        stream = self._open()
+        delivery_id, future = stream.submit(
+            ingress_service_pb2.DeliverMessageRequest(app_id=message.app_id, message=message),
+            request_id,
+        )
         try:
-            response: ingress_service_pb2.DeliverMessageResponse = await self._stub.DeliverMessage(
-                ingress_service_pb2.DeliverMessageRequest(app_id=message.app_id, message=message),
-                timeout=timeout,
-                metadata=((REQUEST_ID_METADATA, request_id), *self._auth),
-            )
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            metrics.CORE_CALLS.labels(code.name).inc()
-            reason = _reason(exc)
-            status = _FINAL.get((code, reason))
-            if status is not None:
-                raise CoreRejected(reason.lower(), exc.details() or "", status=status) from None
-            raise CoreUnavailable(f"core_{code.name.lower()}", exc.details() or "") from None
-        metrics.CORE_CALLS.labels("OK").inc()
-        return response
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            stream.forget(delivery_id)
+            metrics.CORE_CALLS.labels(grpc.StatusCode.DEADLINE_EXCEEDED.name).inc()
+            raise CoreUnavailable("core_deadline_exceeded", "core did not answer in time") from None
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the stream (answers to deliveries in flight still arrive) and the channel."""
+        if self._stream is not None:
+            await self._stream.close()
         await self._channel.close()

@@ -79,7 +79,7 @@ def make_settings(
             {
                 "name": "edge",
                 "token_sha256": hash_credential(EDGE_CREDENTIAL),
-                "allow": [{"apps": ["*"], "rpcs": ["IngressService/DeliverMessage"]}],
+                "allow": [{"apps": ["*"], "rpcs": ["IngressService/*"]}],
             },
             {
                 "name": "team",

@@ -118,7 +118,7 @@ name = "edge"
 token_sha256 = "{hash_credential(edge_token)}"
 [[callers.allow]]
 apps = ["*"]
-rpcs = ["IngressService/DeliverMessage"]
+rpcs = ["IngressService/*"]
 
 [[callers]]
 name = "demo"

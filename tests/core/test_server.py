@@ -12,6 +12,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from acme.wxplatform.v1 import error_reason_pb2 as error_reason
+from acme.wxplatform.v1 import ingress_service_pb2 as ingress
 from acme.wxplatform.v1 import (
     ingress_service_pb2_grpc,
     session_service_pb2,
@@ -99,6 +101,11 @@ async def test_every_rpc_of_the_api_is_served(redis_client: redis.Redis) -> None
                 s for f in files for s in f.service if f"{f.package}.{s.name}" == service_name
             )
             for method in service.method:
+                if method.client_streaming:
+                    assert await _streamed_refusal(stack.channel, service_name, method.name) == (
+                        "CALLER_NOT_AUTHORIZED"
+                    ), f"{service_name}/{method.name}"
+                    continue
                 call = stack.channel.unary_unary(f"/{service_name}/{method.name}")
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     # An empty request: auth refuses it, proving our handler chain saw the call.
@@ -108,6 +115,25 @@ async def test_every_rpc_of_the_api_is_served(redis_client: redis.Redis) -> None
                     "NOT_IMPLEMENTED",
                     "APP_NOT_FOUND",
                 }, f"{service_name}/{method.name}"
+
+
+async def _streamed_refusal(channel: grpc.aio.Channel, service: str, method: str) -> str:
+    """The in-band error of one delivery for an app the caller holds no grant for."""
+    call = channel.stream_stream(
+        f"/{service}/{method}",
+        request_serializer=ingress.DeliverStreamRequest.SerializeToString,
+        response_deserializer=ingress.DeliverStreamResponse.FromString,
+    )
+    request = ingress.DeliverStreamRequest(
+        deliveries=[
+            ingress.StreamedDelivery(id=1, request=deliver_request(text_message("wxnot", "x")))
+        ]
+    )
+    async for response in call(iter([request]), metadata=bearer(TEAM_CREDENTIAL)):
+        (result,) = response.results
+        assert result.id == 1
+        return error_reason.ErrorReason.Name(result.error.reason).removeprefix("ERROR_REASON_")
+    raise AssertionError("no result")
 
 
 async def _file_containing(

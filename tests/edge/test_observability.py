@@ -54,10 +54,13 @@ async def test_request_id_travels_and_secrets_stay_out(
     request_id = response.headers["X-Request-Id"]
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]
     edge_line = next(e for e in lines if e["msg"] == "http" and e["request_id"] == request_id)
-    core_line = next(e for e in lines if e["msg"] == "rpc" and e["request_id"] == request_id)
+    # The push travelled on the edge's delivery stream: core logs it with its request id.
+    core_line = next(e for e in lines if e["msg"] == "delivered" and e["request_id"] == request_id)
     assert edge_line["status"] == 200
-    assert core_line["method"].endswith("IngressService/DeliverMessage")
     assert core_line["caller"] == "edge"
+    assert core_line["app_id"] == app.app_id
+    stream_line = next(e for e in lines if e["msg"] == "rpc")
+    assert stream_line["method"].endswith("IngressService/DeliverStream")
     assert any(e["msg"] == "rejected" and e["reason"] == "bad_msg_signature" for e in lines)
     text = json_logs.getvalue()
     for secret in (app.app_secret.reveal(), app.token.reveal(), AES_KEY, EDGE_CREDENTIAL):

@@ -155,7 +155,9 @@ async def create_server(
         interceptors=default_interceptors(settings.callers),
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
     )
-    ingress_service_pb2_grpc.add_IngressServiceServicer_to_server(IngressServicer(ingress), server)
+    ingress_service_pb2_grpc.add_IngressServiceServicer_to_server(
+        IngressServicer(ingress, stopping), server
+    )
     event_service_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(events), server)
     token_service_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(tokens), server)
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(

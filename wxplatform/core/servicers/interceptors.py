@@ -4,7 +4,9 @@ Installed outermost first: `Observability` (request id, access log, metrics) →
 `ErrorMapping` (the one place domain errors become gRPC statuses) → `CallerAuth`
 (authentication and default-deny authorization by caller × app × RPC). Authorization
 needs the request's `app_id`, so every interceptor wraps the method handler and runs
-once the request is deserialized.
+once the request is deserialized. On a bidirectional stream of the API (the edge's
+`DeliverStream`) each request names its own app: the caller is authenticated when the
+stream opens, and the servicer authorizes every request through `stream_authorizer`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from grpc_status import rpc_status
 
 from wxplatform.config import CallerConfig, hash_credential
 from wxplatform.core import metrics
-from wxplatform.core.servicers.context import current_caller
+from wxplatform.core.servicers.context import current_caller, stream_authorizer
 from wxplatform.core.servicers.errors import to_rpc_status
 from wxplatform.errors import CallerNotAuthorized, CallerUnauthenticated, WxPlatformError
 from wxplatform.logs import REQUEST_ID_METADATA, new_request_id, request_id
@@ -31,6 +33,7 @@ log = logging.getLogger("wxplatform.core.rpc")
 
 Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 Stream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+Bidi = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 API_PACKAGE = "acme.wxplatform.v1."
 
@@ -61,7 +64,7 @@ async def _refuse_client_streaming(
 
 
 class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Base: wraps unary-request handlers with `unary` / `stream` hooks.
+    """Base: wraps handlers with `unary` / `stream` / `bidi` hooks.
 
     A method's wrapped handler is built once and reused: the registered handlers never
     change while the server runs, and rebuilding three wrappers per call is measurable.
@@ -75,6 +78,10 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def stream(self, method: str, behavior: Stream) -> Stream:
         raise NotImplementedError
+
+    def bidi(self, method: str, behavior: Bidi) -> Bidi:
+        """A bidirectional stream: by default wrapped like a server stream."""
+        return self.stream(method, behavior)
 
     async def intercept_service(
         self,
@@ -94,11 +101,23 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.request_streaming:
-            # The API has no client-streaming RPCs; only public infrastructure services
-            # (reflection) may have them, so anything else is refused, not passed through.
-            if split_method(method)[0] in PUBLIC_SERVICES:
+            qualified = split_method(method)[0]
+            if qualified in PUBLIC_SERVICES:  # reflection: no credential, nothing to wrap
                 return handler
-            return grpc.stream_stream_rpc_method_handler(_refuse_client_streaming)
+            behavior = handler.stream_stream
+            # The API's only client-streaming RPCs are bidirectional async generators
+            # (DeliverStream); anything else is refused, never passed through unwrapped.
+            if not (
+                qualified.startswith(API_PACKAGE)
+                and behavior is not None
+                and inspect.isasyncgenfunction(behavior)
+            ):
+                return grpc.stream_stream_rpc_method_handler(_refuse_client_streaming)
+            return grpc.stream_stream_rpc_method_handler(
+                self.bidi(method, behavior),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self.unary(method, handler.unary_unary),
@@ -226,13 +245,13 @@ class CallerAuth(_HandlerWrapper):
         super().__init__()
         self._by_hash: Mapping[str, CallerConfig] = {c.token_sha256: c for c in callers}
 
-    def _authorize(
-        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> bool:
-        """True when the call may proceed; raises for a refused call."""
-        qualified, service, name = split_method(method)
+    def _authenticate(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> CallerConfig | None:
+        """The caller (None for a public service); raises for an unknown one."""
+        qualified = split_method(method)[0]
         if qualified in PUBLIC_SERVICES:
-            return True
+            return None
         if not qualified.startswith(API_PACKAGE):  # grants name services of this API only
             raise CallerNotAuthorized(f"{qualified} is not part of the wxplatform API")
         scheme, _, token = _metadata(context).get("authorization", "").partition(" ")
@@ -240,12 +259,24 @@ class CallerAuth(_HandlerWrapper):
         if caller is None:
             raise CallerUnauthenticated("missing or unknown caller credential")
         current_caller.set(caller.name)
-        app_id = getattr(request, "app_id", "")
+        return caller
+
+    @staticmethod
+    def _check(caller: CallerConfig, method: str, app_id: str) -> None:
+        """Default deny: raises unless a grant names both the RPC and the app."""
+        _, service, name = split_method(method)
         if not any(g.allows(app_id, service, name) for g in caller.grants):
             raise CallerNotAuthorized(
                 f"caller {caller.name!r} may not call {service}/{name} for app {app_id!r}"
             )
-        return True
+
+    def _authorize(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Raises for a refused call."""
+        caller = self._authenticate(method, context)
+        if caller is not None:
+            self._check(caller, method, getattr(request, "app_id", ""))
 
     def unary(self, method: str, behavior: Unary) -> Unary:
         async def authorized(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -260,6 +291,18 @@ class CallerAuth(_HandlerWrapper):
         ) -> AsyncIterator[Any]:
             self._authorize(method, request, context)
             async for item in behavior(request, context):
+                yield item
+
+        return authorized
+
+    def bidi(self, method: str, behavior: Bidi) -> Bidi:
+        async def authorized(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            caller = self._authenticate(method, context)
+            assert caller is not None  # public services are never wrapped as bidi
+            stream_authorizer.set(lambda app_id: self._check(caller, method, app_id))
+            async for item in behavior(requests, context):
                 yield item
 
         return authorized

@@ -3,10 +3,13 @@
 isort:skip_file
 """
 
+from acme.wxplatform.v1 import error_reason_pb2 as _error_reason_pb2
 from acme.wxplatform.v1 import inbound_message_pb2 as _inbound_message_pb2
 from acme.wxplatform.v1 import passive_reply_pb2 as _passive_reply_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -79,3 +82,151 @@ class DeliverMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliverMessageResponse: _TypeAlias = DeliverMessageResponse  # noqa: Y015
+
+@_typing.final
+class DeliverStreamRequest(_message.Message):
+    """Request of `IngressService.DeliverStream`: one or more deliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamedDelivery]:
+        """The deliveries, each answered by one `StreamedResult` with its id."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___StreamedDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverStreamRequest: _TypeAlias = DeliverStreamRequest  # noqa: Y015
+
+@_typing.final
+class StreamedDelivery(_message.Message):
+    """One delivery on `IngressService.DeliverStream`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the sender, unique among its deliveries not yet answered on this
+    stream.
+    """
+    request_id: _builtins.str
+    """The request id for logs (what `x-request-id` carries on a unary call)."""
+    @_builtins.property
+    def request(self) -> Global___DeliverMessageRequest:
+        """What `DeliverMessage` would take."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        request: Global___DeliverMessageRequest | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamedDelivery: _TypeAlias = StreamedDelivery  # noqa: Y015
+
+@_typing.final
+class DeliverStreamResponse(_message.Message):
+    """Response of `IngressService.DeliverStream`: results of one or more deliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamedResult]:
+        """Results, each for the delivery with the same id."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___StreamedResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverStreamResponse: _TypeAlias = DeliverStreamResponse  # noqa: Y015
+
+@_typing.final
+class StreamedResult(_message.Message):
+    """The result of one delivery on `IngressService.DeliverStream`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The id of the delivery this answers."""
+    @_builtins.property
+    def response(self) -> Global___DeliverMessageResponse:
+        """The delivery was accepted (or recognised as a duplicate)."""
+
+    @_builtins.property
+    def error(self) -> Global___DeliveryError:
+        """The delivery failed as `DeliverMessage` would have."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        response: Global___DeliverMessageResponse | None = ...,
+        error: Global___DeliveryError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "id", b"id", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___StreamedResult: _TypeAlias = StreamedResult  # noqa: Y015
+
+@_typing.final
+class DeliveryError(_message.Message):
+    """The error a unary `DeliverMessage` would have ended with."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code (`google.rpc.Code` value), e.g. 7 for PERMISSION_DENIED."""
+    reason: _error_reason_pb2.ErrorReason.ValueType
+    """The machine-readable reason (the `ErrorInfo.reason` of the unary call)."""
+    message: _builtins.str
+    """A human-readable message; never contains secrets."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        reason: _error_reason_pb2.ErrorReason.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryError: _TypeAlias = DeliveryError  # noqa: Y015

@@ -42,6 +42,11 @@ class IngressServiceStub:
                 request_serializer=acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverMessageRequest.SerializeToString,
                 response_deserializer=acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverMessageResponse.FromString,
                 _registered_method=True)
+        self.DeliverStream = channel.stream_stream(
+                '/acme.wxplatform.v1.IngressService/DeliverStream',
+                request_serializer=acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverStreamRequest.SerializeToString,
+                response_deserializer=acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverStreamResponse.FromString,
+                _registered_method=True)
 
 
 class IngressServiceServicer:
@@ -66,6 +71,27 @@ class IngressServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverStream(self, request_iterator, context):
+        """Delivers normalized inbound messages over one long-lived stream: the
+        edge's fast path. A unary call costs the edge more CPU than the rest of a
+        push together; on a stream, messages that are waiting when the previous
+        write completes travel together in one request.
+
+        Each delivery has an id chosen by the sender and gets exactly one result
+        with that id, in any order, carrying what `DeliverMessage` would have
+        answered: the response, or the error as a `DeliveryError`. Deliveries are
+        idempotent exactly as in `DeliverMessage`.
+
+        The caller is authenticated once, when the stream opens; every delivery is
+        authorized for its own app (a refusal is that delivery's error). The
+        stream ends with UNAVAILABLE when core shuts down, after answering every
+        delivery it had received; the sender retries the rest (for example on
+        another replica).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngressServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +99,11 @@ def add_IngressServiceServicer_to_server(servicer, server):
                     servicer.DeliverMessage,
                     request_deserializer=acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverMessageRequest.FromString,
                     response_serializer=acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverMessageResponse.SerializeToString,
+            ),
+            'DeliverStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DeliverStream,
+                    request_deserializer=acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverStreamRequest.FromString,
+                    response_serializer=acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -105,6 +136,33 @@ class IngressService:
             '/acme.wxplatform.v1.IngressService/DeliverMessage',
             acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverMessageRequest.SerializeToString,
             acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/acme.wxplatform.v1.IngressService/DeliverStream',
+            acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverStreamRequest.SerializeToString,
+            acme_dot_wxplatform_dot_v1_dot_ingress__service__pb2.DeliverStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,23 @@ class IngressServiceStub:
     app), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (store down; the edge
     spools and retries), DEADLINE_EXCEEDED.
     """
+    DeliverStream: _grpc.StreamStreamMultiCallable[_ingress_service_pb2.DeliverStreamRequest, _ingress_service_pb2.DeliverStreamResponse]
+    """Delivers normalized inbound messages over one long-lived stream: the
+    edge's fast path. A unary call costs the edge more CPU than the rest of a
+    push together; on a stream, messages that are waiting when the previous
+    write completes travel together in one request.
+
+    Each delivery has an id chosen by the sender and gets exactly one result
+    with that id, in any order, carrying what `DeliverMessage` would have
+    answered: the response, or the error as a `DeliveryError`. Deliveries are
+    idempotent exactly as in `DeliverMessage`.
+
+    The caller is authenticated once, when the stream opens; every delivery is
+    authorized for its own app (a refusal is that delivery's error). The
+    stream ends with UNAVAILABLE when core shuts down, after answering every
+    delivery it had received; the sender retries the rest (for example on
+    another replica).
+    """
 
 @_typing.type_check_only
 class IngressServiceAsyncStub(IngressServiceStub):
@@ -68,6 +85,23 @@ class IngressServiceAsyncStub(IngressServiceStub):
     Errors: INVALID_ARGUMENT (message fields missing), NOT_FOUND (unknown
     app), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (store down; the edge
     spools and retries), DEADLINE_EXCEEDED.
+    """
+    DeliverStream: _aio.StreamStreamMultiCallable[_ingress_service_pb2.DeliverStreamRequest, _ingress_service_pb2.DeliverStreamResponse]  # type: ignore[assignment]
+    """Delivers normalized inbound messages over one long-lived stream: the
+    edge's fast path. A unary call costs the edge more CPU than the rest of a
+    push together; on a stream, messages that are waiting when the previous
+    write completes travel together in one request.
+
+    Each delivery has an id chosen by the sender and gets exactly one result
+    with that id, in any order, carrying what `DeliverMessage` would have
+    answered: the response, or the error as a `DeliveryError`. Deliveries are
+    idempotent exactly as in `DeliverMessage`.
+
+    The caller is authenticated once, when the stream opens; every delivery is
+    authorized for its own app (a refusal is that delivery's error). The
+    stream ends with UNAVAILABLE when core shuts down, after answering every
+    delivery it had received; the sender retries the rest (for example on
+    another replica).
     """
 
 class IngressServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +126,29 @@ class IngressServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (message fields missing), NOT_FOUND (unknown
         app), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (store down; the edge
         spools and retries), DEADLINE_EXCEEDED.
+        """
+
+    @_abc_1.abstractmethod
+    def DeliverStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ingress_service_pb2.DeliverStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ingress_service_pb2.DeliverStreamResponse], _abc.AsyncIterator[_ingress_service_pb2.DeliverStreamResponse]]:
+        """Delivers normalized inbound messages over one long-lived stream: the
+        edge's fast path. A unary call costs the edge more CPU than the rest of a
+        push together; on a stream, messages that are waiting when the previous
+        write completes travel together in one request.
+
+        Each delivery has an id chosen by the sender and gets exactly one result
+        with that id, in any order, carrying what `DeliverMessage` would have
+        answered: the response, or the error as a `DeliveryError`. Deliveries are
+        idempotent exactly as in `DeliverMessage`.
+
+        The caller is authenticated once, when the stream opens; every delivery is
+        authorized for its own app (a refusal is that delivery's error). The
+        stream ends with UNAVAILABLE when core shuts down, after answering every
+        delivery it had received; the sender retries the rest (for example on
+        another replica).
         """
 
 def add_IngressServiceServicer_to_server(servicer: IngressServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

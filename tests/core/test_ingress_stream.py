@@ -1,0 +1,169 @@
+"""IngressService.DeliverStream: the edge's delivery stream, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from acme.wxplatform.v1 import error_reason_pb2 as error_reason
+from acme.wxplatform.v1 import ingress_service_pb2 as ingress
+from acme.wxplatform.v1 import ingress_service_pb2_grpc
+from tests.core.helpers import deliver_request, text_message
+from tests.support import (
+    EDGE_CREDENTIAL,
+    TEAM_CREDENTIAL,
+    app_table,
+    bearer,
+    error_info,
+    make_settings,
+    new_app_id,
+    running_stack,
+)
+
+
+def delivery(number: int, app_id: str, text: str, msg_id: str) -> ingress.StreamedDelivery:
+    return ingress.StreamedDelivery(
+        id=number,
+        request=deliver_request(text_message(app_id, text, msg_id)),
+        request_id=f"req-{number}",
+    )
+
+
+def reason(result: ingress.StreamedResult) -> str:
+    return error_reason.ErrorReason.Name(result.error.reason).removeprefix("ERROR_REASON_")
+
+
+async def collect(
+    responses: AsyncIterator[ingress.DeliverStreamResponse], count: int
+) -> dict[int, ingress.StreamedResult]:
+    results: dict[int, ingress.StreamedResult] = {}
+    async for response in responses:
+        for result in response.results:
+            assert result.id not in results, "one result per delivery"
+            results[result.id] = result
+        if len(results) == count:
+            break
+    return results
+
+
+async def test_each_delivery_gets_one_result_with_its_id(redis_client: redis.Redis) -> None:
+    app_id = new_app_id()
+    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
+        stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
+        requests = [
+            ingress.DeliverStreamRequest(
+                deliveries=[delivery(n, app_id, "hello", f"{100 + n}") for n in range(1, 6)]
+            ),
+            ingress.DeliverStreamRequest(
+                deliveries=[
+                    delivery(6, app_id, "something else", "200"),
+                    delivery(7, app_id, "hello", "101"),  # a retry of delivery 1
+                ]
+            ),
+        ]
+        call = stub.DeliverStream(iter(requests), metadata=bearer(EDGE_CREDENTIAL))
+        results = await collect(call, 7)
+        assert await call.code() == grpc.StatusCode.OK  # ends once the sender is done
+    assert sorted(results) == [1, 2, 3, 4, 5, 6, 7]
+    for number in range(1, 6):
+        response = results[number].response
+        assert response.reply.text.content == "hi there"
+        assert response.dedup_key == f"msg:{100 + number}"
+        assert not response.duplicate
+    assert results[6].response.reply.text.content == "default answer"
+    assert results[7].response.duplicate
+    assert results[7].response.reply == results[1].response.reply
+
+
+async def test_same_answers_as_the_unary_call(redis_client: redis.Redis) -> None:
+    app_id = new_app_id()
+    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
+        stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
+        unary = await stub.DeliverMessage(
+            deliver_request(text_message(app_id, "hello", "9")), metadata=bearer(EDGE_CREDENTIAL)
+        )
+        requests = [ingress.DeliverStreamRequest(deliveries=[delivery(1, app_id, "hello", "9")])]
+        results = await collect(
+            stub.DeliverStream(iter(requests), metadata=bearer(EDGE_CREDENTIAL)), 1
+        )
+    streamed = results[1].response
+    assert streamed.duplicate
+    assert not unary.duplicate
+    assert (streamed.reply, streamed.dedup_key) == (unary.reply, unary.dedup_key)
+
+
+async def test_every_delivery_is_authorized_for_its_own_app(redis_client: redis.Redis) -> None:
+    mine, theirs = new_app_id(), new_app_id()
+    settings = make_settings(app_table(mine), app_table(theirs), team_apps=[mine])
+    async with running_stack(settings, redis_client) as stack:
+        stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
+        requests = [
+            ingress.DeliverStreamRequest(
+                deliveries=[delivery(1, theirs, "hello", "1"), delivery(2, mine, "hello", "2")]
+            )
+        ]
+        results = await collect(
+            stub.DeliverStream(iter(requests), metadata=bearer(TEAM_CREDENTIAL)), 2
+        )
+    assert results[1].error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert reason(results[1]) == "CALLER_NOT_AUTHORIZED"
+    assert results[2].response.reply.text.content == "hi there"  # the batch goes on
+
+
+async def test_a_bad_delivery_fails_alone(redis_client: redis.Redis) -> None:
+    app_id = new_app_id()
+    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
+        stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
+        bad = delivery(1, app_id, "hello", "1")
+        bad.request.message.app_id = "wxsomeoneelse"
+        unknown = delivery(2, "wxunknownapp", "hello", "2")
+        requests = [
+            ingress.DeliverStreamRequest(
+                deliveries=[bad, unknown, delivery(3, app_id, "hello", "3")]
+            )
+        ]
+        results = await collect(
+            stub.DeliverStream(iter(requests), metadata=bearer(EDGE_CREDENTIAL)), 3
+        )
+    assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reason(results[1]) == "INVALID_REQUEST"
+    assert "app_id" in results[1].error.message
+    assert reason(results[2]) == "APP_NOT_FOUND"
+    assert results[3].response.reply.text.content == "hi there"
+
+
+@pytest.mark.parametrize("credential", [None, "not-a-known-credential"])
+async def test_an_unauthenticated_stream_is_refused(
+    redis_client: redis.Redis, credential: str | None
+) -> None:
+    app_id = new_app_id()
+    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
+        stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
+        requests = [ingress.DeliverStreamRequest(deliveries=[delivery(1, app_id, "hi", "1")])]
+        call = stub.DeliverStream(iter(requests), metadata=bearer(credential) if credential else ())
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(caught.value)[0] == "CALLER_UNAUTHENTICATED"
+
+
+async def test_draining_answers_what_it_took_then_ends_the_stream(
+    redis_client: redis.Redis,
+) -> None:
+    app_id = new_app_id()
+    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
+        stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
+        call = stub.DeliverStream(metadata=bearer(EDGE_CREDENTIAL))
+        await call.write(ingress.DeliverStreamRequest(deliveries=[delivery(1, app_id, "hi", "1")]))
+        first = await call.read()
+        assert [r.id for r in first.results] == [1]
+        stopping = asyncio.create_task(stack.core.stop())
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()  # no more results: the stream ends
+        await stopping
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value)[0] == "SHUTTING_DOWN"

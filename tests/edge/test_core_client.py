@@ -1,0 +1,189 @@
+"""The edge's delivery stream to core, against a real gRPC server playing core.
+
+The server is a small `IngressService` written here whose answers each test steers
+(slow, refusing, breaking the stream), so the client's own behaviour is what is tested:
+deadlines, batching, a broken stream, reopening, closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from acme.wxplatform.v1 import error_reason_pb2 as error_reason
+from acme.wxplatform.v1 import ingress_service_pb2 as ingress
+from acme.wxplatform.v1 import ingress_service_pb2_grpc
+from acme.wxplatform.v1 import passive_reply_pb2 as pr
+from edge.core_client import CoreClient
+from edge.errors import CoreRejected, CoreUnavailable
+from tests.core.helpers import text_message
+from wxplatform.config import Secret
+
+
+class PlayCore(ingress_service_pb2_grpc.IngressServiceServicer):
+    """Answers by the message's text: `slow` after a pause, `replayed` and `bad` with
+    in-band errors, `break` by ending the stream with UNAVAILABLE, anything else echoed."""
+
+    async def DeliverMessage(
+        self, request: ingress.DeliverMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingress.DeliverMessageResponse:
+        raise AssertionError("the edge delivers on the stream")
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.streams = 0
+        self.metadata: list[dict[str, Any]] = []
+        self.release = asyncio.Event()
+        self.received = asyncio.Event()
+
+    async def DeliverStream(
+        self,
+        requests: AsyncIterator[ingress.DeliverStreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[ingress.DeliverStreamResponse]:
+        self.streams += 1
+        self.metadata.append(dict(context.invocation_metadata() or ()))
+        async for request in requests:
+            self.batches.append(len(request.deliveries))
+            self.received.set()
+            results = []
+            for delivery in request.deliveries:
+                text = delivery.request.message.text.content
+                if text == "break":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "core went away")
+                if text == "slow":
+                    await self.release.wait()
+                results.append(self._answer(delivery, text))
+            yield ingress.DeliverStreamResponse(results=results)
+
+    @staticmethod
+    def _answer(delivery: ingress.StreamedDelivery, text: str) -> ingress.StreamedResult:
+        result = ingress.StreamedResult(id=delivery.id)
+        if text == "replayed":
+            result.error.CopyFrom(
+                ingress.DeliveryError(
+                    code=grpc.StatusCode.PERMISSION_DENIED.value[0],
+                    reason=error_reason.ERROR_REASON_REPLAYED_REQUEST,
+                    message="replayed",
+                )
+            )
+        elif text == "bad":
+            result.error.CopyFrom(
+                ingress.DeliveryError(
+                    code=grpc.StatusCode.UNAVAILABLE.value[0],
+                    reason=error_reason.ERROR_REASON_STORE_UNAVAILABLE,
+                    message="store down",
+                )
+            )
+        else:
+            reply = pr.PassiveReply(text=pr.TextReply(content=f"re: {text}"))
+            result.response.CopyFrom(
+                ingress.DeliverMessageResponse(reply=reply, dedup_key=delivery.request_id)
+            )
+        return result
+
+
+@pytest.fixture
+async def core() -> AsyncIterator[tuple[PlayCore, CoreClient]]:
+    play = PlayCore()
+    server = grpc.aio.server()
+    ingress_service_pb2_grpc.add_IngressServiceServicer_to_server(play, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = CoreClient(f"127.0.0.1:{port}", Secret("edge-secret"))
+    try:
+        yield play, client
+    finally:
+        play.release.set()
+        await client.close()
+        await server.stop(None)
+
+
+async def deliver(
+    client: CoreClient, text: str, timeout: float = 5.0
+) -> ingress.DeliverMessageResponse:
+    message = text_message("wxplay", text)
+    return await client.deliver(message, timeout=timeout, request_id=f"rid-{text}")
+
+
+async def test_answers_reach_their_own_callers(core: tuple[PlayCore, CoreClient]) -> None:
+    play, client = core
+    texts = [f"m{n}" for n in range(40)]
+    responses = await asyncio.gather(*(deliver(client, t) for t in texts))
+    assert [r.reply.text.content for r in responses] == [f"re: {t}" for t in texts]
+    assert [r.dedup_key for r in responses] == [f"rid-{t}" for t in texts]  # request ids
+    assert play.streams == 1
+    # Deliveries waiting together travel together.
+    assert sum(play.batches) == 40
+    assert len(play.batches) < 40
+    assert play.metadata[0]["authorization"] == "Bearer edge-secret"
+
+
+async def test_a_deadline_passes_and_the_late_answer_is_dropped(
+    core: tuple[PlayCore, CoreClient],
+) -> None:
+    play, client = core
+    with pytest.raises(CoreUnavailable) as caught:
+        await deliver(client, "slow", timeout=0.2)
+    assert caught.value.reason == "core_deadline_exceeded"
+    play.release.set()  # the late answer arrives and is dropped
+    assert (await deliver(client, "after")).reply.text.content == "re: after"
+    assert play.streams == 1
+
+
+async def test_in_band_errors_are_typed(core: tuple[PlayCore, CoreClient]) -> None:
+    _, client = core
+    with pytest.raises(CoreRejected) as rejected:
+        await deliver(client, "replayed")
+    assert (rejected.value.reason, rejected.value.status) == ("replayed_request", 403)
+    with pytest.raises(CoreUnavailable) as unavailable:
+        await deliver(client, "bad")
+    assert unavailable.value.reason == "core_unavailable"
+    assert (await deliver(client, "fine")).reply.text.content == "re: fine"
+
+
+async def test_a_broken_stream_fails_what_waits_and_reopens(
+    core: tuple[PlayCore, CoreClient],
+) -> None:
+    play, client = core
+    # One batch: the stream breaks while "slow" waits for its answer.
+    results = await asyncio.gather(
+        deliver(client, "break"), deliver(client, "slow"), return_exceptions=True
+    )
+    for result in results:
+        assert isinstance(result, CoreUnavailable), result
+        assert result.reason == "core_unavailable"
+    play.release.set()
+    assert (await deliver(client, "again")).reply.text.content == "re: again"
+    assert play.streams == 2
+
+
+async def test_no_time_left_fails_at_once(core: tuple[PlayCore, CoreClient]) -> None:
+    play, client = core
+    with pytest.raises(CoreUnavailable) as caught:
+        await deliver(client, "late", timeout=0)
+    assert caught.value.reason == "core_deadline"
+    assert play.streams == 0
+
+
+async def test_core_down_fails_fast() -> None:
+    client = CoreClient("127.0.0.1:1", None)  # nothing listens on port 1
+    try:
+        with pytest.raises(CoreUnavailable) as caught:
+            await deliver(client, "anyone?", timeout=3)
+        assert caught.value.reason == "core_unavailable"
+    finally:
+        await client.close()
+
+
+async def test_close_waits_for_answers_in_flight(core: tuple[PlayCore, CoreClient]) -> None:
+    play, client = core
+    waiting = asyncio.create_task(deliver(client, "slow"))
+    await play.received.wait()
+    asyncio.get_running_loop().call_later(0.2, play.release.set)
+    await client.close()
+    assert (await waiting).reply.text.content == "re: slow"
