@@ -220,6 +220,18 @@ async def test_policy_errors_are_mapped_and_never_retried(
     assert env.calls(TEMPLATE_API) == 1
 
 
+async def test_refused_app_credentials_leave_the_key_usable(env: Env) -> None:
+    """No token, no send: once the credentials are fixed the same key may still send."""
+    env.sim.add_fault("/cgi-bin/stable_token", errcode=40125)
+    refused = await failure(env.template("creds-1"))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(refused)[0] == "APP_CREDENTIALS_REJECTED"
+    assert env.calls(TEMPLATE_API) == 0
+    delivery = await env.template("creds-1")  # the caller retries after the fix
+    assert delivery.status == pb.DELIVERY_STATUS_SENT
+    assert env.calls(TEMPLATE_API) == 1
+
+
 async def test_invalid_requests_never_reach_wechat(env: Env) -> None:
     request = template_request(env.oa, "bad", to_user="", url="ftp://x", template_id="")
     request.data["keyword1"].color = "red"

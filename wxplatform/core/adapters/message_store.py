@@ -7,11 +7,25 @@ the app's per-second rate limit; and, for customer-service messages, consumes on
 the user's open interaction window. Anything refused after the claim releases it again.
 `finish` stores the delivery record, indexes it by WeChat's msgid, marks the idempotency
 key done, and refunds the window unit when the message was not sent.
+
+A request that finds its key pending waits for it with `peek`: the key turns done, or it
+disappears when the first request released it without reaching WeChat, and then the
+waiting request runs `begin` itself (which lets exactly one claimant through).
+
+WeChat's asynchronous result events (TEMPLATESENDJOBFINISH, subscribe_msg_sent_event)
+name a msgid. WeChat may push one before our `finish` has written the msgid index (it
+answers the HTTP call and reports the job independently), so `locate_or_park` either
+finds the record's id through the index or, in the same atomic step, parks the result
+under `delivery:early:<msgid>`; `finish`, when it writes the index, takes a parked
+result and returns it for the caller to apply. Either order meets in Redis, so no
+result is lost. Records are changed only by `replace_record`, a compare-and-set that
+keeps the expiry and never recreates an expired record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,7 +35,7 @@ from redis.exceptions import RedisError
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.errors import StoreUnavailable
 
-__all__ = ["Begun", "MessageStore"]
+__all__ = ["Begun", "MessageStore", "SendResult"]
 
 # KEYS: idempotency, circuit, rate counter, window hash ("" = no window check).
 # ARGV: request digest, delivery id, idempotency ttl ms, pending ttl ms, rate limit,
@@ -68,12 +82,13 @@ redis.call('HINCRBY', KEYS[4], best .. ':used', 1)
 return {'go', best}
 """
 
-# KEYS: idempotency, delivery record, msgid index ("" = none), window hash ("" = none).
+# KEYS: idempotency, delivery record, msgid index ("" = none), window hash ("" = none),
+#       early result of the msgid ("" = none).
 # ARGV: request digest, delivery id, record bytes, idempotency ttl ms, record ttl ms,
 #       window kind to refund ("" = keep).
+# Returns the early result parked for the msgid (taken), or nil.
 _FINISH = """
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
-if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5]) end
 redis.call('SET', KEYS[1], 'done:' .. ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[4])
 if KEYS[4] ~= '' and ARGV[6] ~= '' then
   -- Never below zero (a new interaction may have reset the count meanwhile), and never
@@ -81,7 +96,33 @@ if KEYS[4] ~= '' and ARGV[6] ~= '' then
   local used = tonumber(redis.call('HGET', KEYS[4], ARGV[6] .. ':used') or '0')
   if used > 0 then redis.call('HINCRBY', KEYS[4], ARGV[6] .. ':used', -1) end
 end
-return 1
+if KEYS[3] == '' then return false end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
+-- From here on results find the record through the index; one that came earlier was
+-- parked by LOCATE_OR_PARK and is handed over now.
+local early = redis.call('GET', KEYS[5])
+if early then redis.call('DEL', KEYS[5]) end
+return early
+"""
+
+# KEYS: msgid index, early result of the msgid. ARGV: result, early ttl ms.
+# Returns the delivery id, or nil after parking the result for `finish` to take.
+_LOCATE_OR_PARK = """
+local id = redis.call('GET', KEYS[1])
+if id then return id end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+# KEYS: delivery record. ARGV: expected record bytes, new record bytes.
+# Returns {1} when replaced, {0} when the record is gone (expired: never recreated), or
+# {-1, current} when someone else changed it since it was read.
+_REPLACE = """
+local current = redis.call('GET', KEYS[1])
+if not current then return {0} end
+if current ~= ARGV[1] then return {-1, current} end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return {1}
 """
 
 # KEYS: idempotency, window hash. ARGV: request digest, delivery id, window kind.
@@ -99,17 +140,40 @@ return 1
 
 @dataclass(frozen=True)
 class Begun:
-    """The verdict of `begin`.
+    """The verdict of `begin` (or of `peek`).
 
     `state`: `go` (send now; `window` is the unit taken), `done` or `pending` (an earlier
     request with this key; `delivery_id` names it), `reused`, `circuit`, `rate`, `closed`,
-    `exhausted`. `wait_ms` tells how long the circuit or rate limit still holds.
+    `exhausted`; `peek` also answers `free` (nobody holds the key). `wait_ms` tells how
+    long the circuit or rate limit still holds.
     """
 
     state: str
     delivery_id: str = ""
     window: str = ""
     wait_ms: int = 0
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a result event reports about a send.
+
+    `status` is a `DeliveryStatus` number; `errcode` and `errmsg` are WeChat's.
+    """
+
+    status: int
+    errcode: int
+    errmsg: str
+
+    def dump(self) -> str:
+        """The parked form."""
+        return json.dumps([self.status, self.errcode, self.errmsg], ensure_ascii=False)
+
+    @classmethod
+    def load(cls, value: Any) -> SendResult:
+        """The parked form back."""
+        status, errcode, errmsg = json.loads(value)
+        return cls(int(status), int(errcode), str(errmsg))
 
 
 def _text(value: Any) -> str:
@@ -126,9 +190,17 @@ class MessageStore:
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
+        self._locate_or_park = client.register_script(_LOCATE_OR_PARK)
+        self._replace = client.register_script(_REPLACE)
         self._idem_ms = idempotency_ttl_seconds * 1000
         self._record_ms = record_ttl_seconds * 1000
         self._pending_ms = 120_000  # longer than any send (deadlines are seconds)
+        # A parked result is needed only until the `finish` of its send, which comes
+        # within one send of WeChat's answer, and no send outlives its pending claim.
+        # Not the record TTL: WeChat also reports sends made outside wxplatform (the
+        # admin console, other systems on the account), whose results nobody ever
+        # takes, and those must not pile up in Redis for a month.
+        self._early_ms = self._pending_ms
 
     @staticmethod
     def idempotency_key(app_id: str, caller: str, key_digest: str) -> str:
@@ -180,18 +252,38 @@ class MessageStore:
         msgid: str,
         window_openid: str | None,
         refund: str,
-    ) -> None:
-        """Store the record (and msgid index), mark the key done, refund an unused unit."""
+    ) -> SendResult | None:
+        """Store the record (and msgid index), mark the key done, refund an unused unit.
+
+        Returns the result event that arrived for `msgid` before this (taken from
+        Redis: the caller applies it to the record with `replace_record`), or None.
+        """
         keys = [
             idem_key,
             app_key(app_id, "delivery", delivery_id),
             app_key(app_id, "delivery", "msgid", msgid) if msgid else "",
             app_key(app_id, "window", window_openid) if window_openid and refund else "",
+            self._early_key(app_id, msgid) if msgid else "",
         ]
         args = [digest, delivery_id, record, self._idem_ms, self._record_ms, refund]
         # Shielded: the record must be written even if the caller's deadline cancels us,
         # or a retry with the same key could send the message a second time.
-        await asyncio.shield(self._run(self._finish, keys, args))
+        early = await asyncio.shield(self._run(self._finish, keys, args))
+        return SendResult.load(early) if early is not None else None
+
+    async def peek(self, idem_key: str, digest: str) -> Begun:
+        """Who holds an idempotency key now: `pending`, `done`, `reused` or `free`."""
+        try:
+            seen = await self._redis.get(idem_key)
+        except RedisError as exc:
+            raise StoreUnavailable("message store unreachable") from exc
+        if seen is None:
+            return Begun("free")
+        # The value `begin` and `finish` write: `<pending|done>:<digest>:<delivery id>`.
+        state, held_digest, delivery_id = _text(seen).split(":", 2)
+        if held_digest != digest:
+            return Begun("reused")
+        return Begun(state, delivery_id=delivery_id)
 
     async def release(
         self,
@@ -228,20 +320,31 @@ class MessageStore:
         except RedisError as exc:
             raise StoreUnavailable("message store unreachable") from exc
 
-    async def record_by_msgid(self, app_id: str, msgid: str) -> tuple[str, bytes] | None:
-        """The delivery id and record for a WeChat msgid, if we sent it."""
-        try:
-            delivery_id = await self._redis.get(app_key(app_id, "delivery", "msgid", msgid))
-            if delivery_id is None:
-                return None
-            record = await self._redis.get(app_key(app_id, "delivery", _text(delivery_id)))
-        except RedisError as exc:
-            raise StoreUnavailable("message store unreachable") from exc
-        return (_text(delivery_id), cast(bytes, record)) if record is not None else None
+    async def locate_or_park(self, app_id: str, msgid: str, result: SendResult) -> str | None:
+        """The delivery id sent as `msgid`; if none is known yet, park `result` for it.
 
-    async def update_record(self, app_id: str, delivery_id: str, record: bytes) -> None:
-        """Replace a record, keeping its expiry."""
-        try:
-            await self._redis.set(app_key(app_id, "delivery", delivery_id), record, keepttl=True)
-        except RedisError as exc:
-            raise StoreUnavailable("message store unreachable") from exc
+        A parked result is handed to `finish` when it indexes `msgid`, or expires unused
+        (a msgid we never sent, or a send whose record was never written).
+        """
+        keys = [app_key(app_id, "delivery", "msgid", msgid), self._early_key(app_id, msgid)]
+        found = await self._run(self._locate_or_park, keys, [result.dump(), self._early_ms])
+        return _text(found) if found is not None else None
+
+    async def replace_record(
+        self, app_id: str, delivery_id: str, expected: bytes, record: bytes
+    ) -> tuple[bool, bytes | None]:
+        """Compare-and-set a record, keeping its expiry.
+
+        Returns (True, `record`) when it was `expected` and is now `record`; otherwise
+        (False, what it is now), None when it is gone: an expired record stays gone.
+        """
+        keys = [app_key(app_id, "delivery", delivery_id)]
+        reply = cast(list[Any], await self._run(self._replace, keys, [expected, record]))
+        outcome = int(reply[0])
+        if outcome == 1:
+            return True, record
+        return False, cast(bytes, reply[1]) if outcome == -1 else None
+
+    @staticmethod
+    def _early_key(app_id: str, msgid: str) -> str:
+        return app_key(app_id, "delivery", "early", msgid)

@@ -7,8 +7,8 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, cast
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
@@ -17,7 +17,7 @@ from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from acme.wxplatform.v1 import messaging_service_pb2 as pb
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
-from wxplatform.core.adapters.message_store import MessageStore
+from wxplatform.core.adapters.message_store import Begun, MessageStore, SendResult
 from wxplatform.core.adapters.wechat_client import WeChatClient
 from wxplatform.core.services.sends import (
     Outbound,
@@ -51,6 +51,9 @@ _CLIENT_MSG_ID_EXISTS = 45065  # WeChat already sent this client_msg_id: it is a
 _DAILY_QUOTA = 45009
 _BEIJING = 8 * 3600
 _WAIT_START, _WAIT_CAP = 0.02, 0.2
+# Compare-and-set attempts for one result. Only result events write a stored record,
+# and WeChat reports once per msgid, so a conflict is a rare duplicate of the same event.
+_RESULT_ATTEMPTS = 5
 
 _TEMPLATE_STATUS = {
     inbound.TEMPLATE_SEND_STATUS_SUCCESS: pb.DELIVERY_STATUS_DELIVERED,
@@ -144,44 +147,47 @@ class MessagingService:
         return pb.Delivery.FromString(record)
 
     async def record_result(self, message: inbound.InboundMessage) -> None:
-        """Apply WeChat's asynchronous result event to the delivery it reports on."""
-        if message.HasField("template_send_job_finish"):
-            finish = message.template_send_job_finish
-            updates = [
-                (
-                    finish.msg_id,
-                    _TEMPLATE_STATUS.get(finish.status, pb.DELIVERY_STATUS_UNSPECIFIED),
-                    0,
-                    finish.status_text,
-                )
-            ]
-        elif message.HasField("subscribe_message_sent"):
-            updates = [
-                (
-                    item.msg_id,
-                    pb.DELIVERY_STATUS_DELIVERED
-                    if item.error_code == 0
-                    else pb.DELIVERY_STATUS_REJECTED,
-                    item.error_code,
-                    item.error_status,
-                )
-                for item in message.subscribe_message_sent.items
-            ]
-        else:
-            return
-        for msgid, status, errcode, text in updates:
-            found = await self._store.record_by_msgid(message.app_id, msgid) if msgid else None
-            if found is None or status == pb.DELIVERY_STATUS_UNSPECIFIED:
-                continue
-            delivery_id, raw = found
+        """Apply WeChat's asynchronous result event to the delivery it reports on.
+
+        Idempotent: an event applied again (a retry, a spool replay) changes nothing. An
+        event that overtakes our own `finish` is parked in the store and applied when
+        the send finishes; one for a msgid we never sent is parked and expires.
+        """
+        for msgid, result in _results(message):
+            delivery_id = await self._store.locate_or_park(message.app_id, msgid, result)
+            if delivery_id is None:
+                continue  # parked: `finish` of that send takes it
+            raw = await self._store.record(message.app_id, delivery_id)
+            await self._apply_result(message.app_id, delivery_id, raw, result)
+
+    async def _apply_result(
+        self, app_id: str, delivery_id: str, raw: bytes | None, result: SendResult
+    ) -> pb.Delivery | None:
+        """Write `result` into the record `raw` read from the store; the record as stored.
+
+        A compare-and-set, re-read on conflict: a concurrent writer is never overwritten
+        with a stale copy, and an expired record (None) is never written back.
+        """
+        for _ in range(_RESULT_ATTEMPTS):
+            if raw is None:
+                return None
             delivery = pb.Delivery.FromString(raw)
-            delivery.status = status
-            delivery.errcode = errcode
-            delivery.errmsg = text
+            if _carries(delivery, result):
+                return delivery  # applied already: the same event again changes nothing
+            delivery.status = cast(pb.DeliveryStatus.ValueType, result.status)
+            delivery.errcode = result.errcode
+            delivery.errmsg = result.errmsg
             delivery.update_time.CopyFrom(_now_pb(self._clock.now()))
-            await self._store.update_record(
-                message.app_id, delivery_id, delivery.SerializeToString()
+            replaced, raw = await self._store.replace_record(
+                app_id, delivery_id, raw, delivery.SerializeToString()
             )
+            if replaced:
+                return delivery
+        log.warning(
+            "gave up applying a result event: the record kept changing",
+            extra={"app_id": app_id, "delivery_id": delivery_id},
+        )
+        return None
 
     async def _send(
         self,
@@ -202,21 +208,25 @@ class MessagingService:
         delivery_id = "d" + secrets.token_hex(12)
         now = self._clock.now()
         openid = outbound.to_user if window else None
-        begun = await self._store.begin(
-            app.app_id,
-            idem,
-            digest=digest,
-            delivery_id=delivery_id,
-            api=outbound.api,
-            rate_limit=app.send_rate_per_second,
-            window_openid=openid,
-            now_ms=int(now * 1000),
-        )
+
+        async def begin() -> Begun:
+            return await self._store.begin(
+                app.app_id,
+                idem,
+                digest=digest,
+                delivery_id=delivery_id,
+                api=outbound.api,
+                rate_limit=app.send_rate_per_second,
+                window_openid=openid,
+                now_ms=int(self._clock.now() * 1000),
+            )
+
+        begun = await begin()
+        if begun.state == "pending":
+            begun = await self._await_first(idem, digest, begin, deadline)
         match begun.state:
             case "done":
                 return await self._replay(app, begun.delivery_id)
-            case "pending":
-                return await self._await_first(app, idem, digest, begun.delivery_id, deadline)
             case "reused":
                 raise IdempotencyKeyReused("idempotency key was used with a different request")
             case "circuit":
@@ -274,16 +284,23 @@ class MessagingService:
         window: str,
         deadline: float,
     ) -> pb.Delivery:
+        judged: list[WeChatRefused] = []  # refusals of the message itself, not its token
+
         async def call(token: str) -> dict[str, Any]:
-            return await self._wechat.post(
-                outbound.api,
-                {"access_token": token},
-                outbound.body,
-                deadline=deadline,
-                # Safe to resend only when WeChat deduplicates it (client_msg_id, 45065).
-                idempotent="client_msg_id" in outbound.body,
-                is_send=True,
-            )
+            try:
+                return await self._wechat.post(
+                    outbound.api,
+                    {"access_token": token},
+                    outbound.body,
+                    deadline=deadline,
+                    # Safe to resend only when WeChat deduplicates it (client_msg_id, 45065).
+                    idempotent="client_msg_id" in outbound.body,
+                    is_send=True,
+                )
+            except WeChatRefused as exc:
+                if classify(exc.errcode).retry != "token":
+                    judged.append(exc)
+                raise
 
         failure: WxPlatformError | None = None
         refund = ""
@@ -292,6 +309,14 @@ class MessagingService:
             delivery.status = pb.DELIVERY_STATUS_SENT
             delivery.wechat_msg_id = str(data.get("msgid", "") or "")
         except WeChatRefused as exc:
+            if not any(exc is refusal for refusal in judged):
+                # No token to send with (the app's credentials refused, a rejected token
+                # and no replacement): WeChat never judged the message, so the key is
+                # released and a retry after the fix may send it.
+                await self._release(
+                    app, idem, digest=digest, delivery=delivery, openid=openid, window=window
+                )
+                raise
             if exc.errcode == _CLIENT_MSG_ID_EXISTS:
                 delivery.status = pb.DELIVERY_STATUS_SENT  # sent before, under the same id
                 delivery.errmsg = exc.errmsg
@@ -311,13 +336,8 @@ class MessagingService:
         except WxPlatformError:
             # Nothing reached WeChat (unreachable, -1 until the deadline, token
             # unavailable, store down): forget the claim so a retry with the key may send.
-            await self._store.release(
-                app.app_id,
-                idem,
-                digest=digest,
-                delivery_id=delivery.delivery_id,
-                window_openid=openid,
-                window=window,
+            await self._release(
+                app, idem, digest=digest, delivery=delivery, openid=openid, window=window
             )
             raise
         except Exception:
@@ -337,16 +357,19 @@ class MessagingService:
             )
             raise
         delivery.update_time.CopyFrom(_now_pb(self._clock.now()))
-        await self._store.finish(
+        record = delivery.SerializeToString()
+        early = await self._store.finish(
             app.app_id,
             idem,
             digest=digest,
             delivery_id=delivery.delivery_id,
-            record=delivery.SerializeToString(),
+            record=record,
             msgid=delivery.wechat_msg_id,
             window_openid=openid,
             refund=refund,
         )
+        if early is not None:
+            delivery = await self._apply_early(app, delivery, record, early)
         log.info(
             "sent" if failure is None else "send failed",
             extra={
@@ -359,6 +382,44 @@ class MessagingService:
         if failure is not None:
             raise failure
         return delivery
+
+    async def _release(
+        self,
+        app: AppConfig,
+        idem: str,
+        *,
+        digest: str,
+        delivery: pb.Delivery,
+        openid: str | None,
+        window: str,
+    ) -> None:
+        """Forget the claim of a message WeChat certainly did not act on."""
+        await self._store.release(
+            app.app_id,
+            idem,
+            digest=digest,
+            delivery_id=delivery.delivery_id,
+            window_openid=openid,
+            window=window,
+        )
+
+    async def _apply_early(
+        self, app: AppConfig, delivery: pb.Delivery, record: bytes, early: SendResult
+    ) -> pb.Delivery:
+        """WeChat reported the result before our `finish`: apply it now (a third round trip).
+
+        The send itself succeeded and is recorded; failing to apply the result must not
+        turn it into an error for the caller, so the SENT record is returned then.
+        """
+        try:
+            applied = await self._apply_result(app.app_id, delivery.delivery_id, record, early)
+        except WxPlatformError:
+            log.exception(
+                "could not apply an early result event",
+                extra={"app_id": app.app_id, "delivery_id": delivery.delivery_id},
+            )
+            return delivery
+        return applied if applied is not None else delivery
 
     async def _trip(self, app: AppConfig, api: str) -> None:
         """45009: stop calling this API for the app until WeChat's daily reset."""
@@ -381,13 +442,49 @@ class MessagingService:
         return delivery
 
     async def _await_first(
-        self, app: AppConfig, idem: str, digest: str, delivery_id: str, deadline: float
-    ) -> pb.Delivery:
-        """A duplicate of a request still in flight: wait for its outcome, not a second send."""
+        self, idem: str, digest: str, begin: Callable[[], Awaitable[Begun]], deadline: float
+    ) -> Begun:
+        """A duplicate of a request still in flight: wait for its outcome, not a second send.
+
+        Watches the idempotency key rather than the record: a first request that fails
+        before reaching WeChat releases its claim and never writes a record. The key
+        then is free, and this request claims it (`begin` lets one claimant through)
+        and sends itself. Returns the first verdict other than `pending`.
+        """
         pause = _WAIT_START
         while time.monotonic() + pause < deadline:
             await asyncio.sleep(pause)
             pause = min(pause * 2, _WAIT_CAP)
-            if await self._store.record(app.app_id, delivery_id) is not None:
-                return await self._replay(app, delivery_id)
+            held = await self._store.peek(idem, digest)
+            if held.state == "free":
+                held = await begin()  # `pending` again if another duplicate won the claim
+            if held.state != "pending":
+                return held
         raise IdempotentRequestInProgress("a request with this idempotency key is still in flight")
+
+
+def _results(message: inbound.InboundMessage) -> Iterator[tuple[str, SendResult]]:
+    """The (msgid, result) pairs a result event reports; nothing for other messages."""
+    if message.HasField("template_send_job_finish"):
+        finish = message.template_send_job_finish
+        status = _TEMPLATE_STATUS.get(finish.status)
+        if finish.msg_id and status is not None:
+            yield finish.msg_id, SendResult(status, 0, finish.status_text)
+    elif message.HasField("subscribe_message_sent"):
+        for item in message.subscribe_message_sent.items:
+            if item.msg_id:
+                status = (
+                    pb.DELIVERY_STATUS_DELIVERED
+                    if item.error_code == 0
+                    else pb.DELIVERY_STATUS_REJECTED
+                )
+                yield item.msg_id, SendResult(status, item.error_code, item.error_status)
+
+
+def _carries(delivery: pb.Delivery, result: SendResult) -> bool:
+    """Whether a record already shows this result."""
+    return (delivery.status, delivery.errcode, delivery.errmsg) == (
+        result.status,
+        result.errcode,
+        result.errmsg,
+    )
