@@ -117,8 +117,7 @@ async def start_edge(
         make_app(settings, deps),
         max_body_size=_TORNADO_BODY_LIMIT,
         max_header_size=16 * 1024,
-        # A push body trickling in slower than the budget cannot be answered in time.
-        body_timeout=edge.budget_seconds,
+        # The body timeout is the callback handler's own timer (see `CallbackHandler`).
         idle_connection_timeout=60,
     )
     http.add_sockets(sockets)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -140,6 +141,19 @@ class EdgeHandler(tornado.web.RequestHandler):
         )
 
 
+# The metric children per label set, looked up once: `labels()` costs more than the
+# increment itself, on every push. Label values are bounded (configured apps or
+# "unknown", two methods, a handful of statuses).
+@functools.lru_cache(maxsize=4096)
+def _callbacks(app_label: str, method: str, status: int) -> Any:
+    return metrics.CALLBACKS.labels(app_label, method, str(status))
+
+
+@functools.lru_cache(maxsize=16)
+def _callback_duration(method: str) -> Any:
+    return metrics.CALLBACK_DURATION.labels(method)
+
+
 @dataclass(frozen=True)
 class CallbackDeps:
     """What the callback handler needs, injected through `initialize`."""
@@ -174,6 +188,7 @@ class CallbackHandler(EdgeHandler):
         self.deps = deps
         self._body: list[bytes] = []
         self._size = 0
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def prepare(self) -> None:
         super().prepare()
@@ -184,6 +199,24 @@ class CallbackHandler(EdgeHandler):
             raise LengthRequired("length_required")
         if not length.isdigit() or int(length) > self.deps.max_body_bytes:
             raise PayloadTooLarge("body_too_large", f"{length} bytes")
+        # A body trickling in slower than the budget cannot be answered in time (and
+        # slowloris connections would pin sockets): hang up when the budget is spent.
+        # One plain timer: Tornado's own `body_timeout` wraps every body read in
+        # `gen.with_timeout`, several times the cost per push.
+        self._body_timer = asyncio.get_running_loop().call_later(
+            self.deps.budget_seconds, self._body_too_slow
+        )
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        metrics.REJECTED.labels("body_timeout").inc()
+        log.warning("rejected", extra={"reason": "body_timeout", "status": None})
+        self.request.connection.close()  # type: ignore[union-attr]
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     def data_received(self, chunk: bytes) -> None:
         # Content-Length bounds the body (checked in prepare); this guards the invariant.
@@ -191,13 +224,17 @@ class CallbackHandler(EdgeHandler):
         if self._size <= self.deps.max_body_bytes:
             self._body.append(chunk)
 
+    def on_connection_close(self) -> None:
+        self._stop_body_timer()
+        super().on_connection_close()
+
     def on_finish(self) -> None:
+        self._stop_body_timer()
         app_id = self.path_kwargs.get("app_id", "")
         label = app_id if app_id in self.deps.apps else "unknown"
-        metrics.CALLBACKS.labels(label, self.request.method, str(self.get_status())).inc()
-        metrics.CALLBACK_DURATION.labels(self.request.method).observe(
-            time.perf_counter() - self.started
-        )
+        method = self.request.method or ""
+        _callbacks(label, method, self.get_status()).inc()
+        _callback_duration(method).observe(time.perf_counter() - self.started)
         super().on_finish()
 
     # --- verification -------------------------------------------------------------
@@ -257,6 +294,7 @@ class CallbackHandler(EdgeHandler):
     # --- POST: pushes -------------------------------------------------------------
 
     async def post(self, app_id: str) -> None:
+        self._stop_body_timer()  # the whole body is here
         self.deps.in_flight.enter()
         try:
             await self._push(app_id)
