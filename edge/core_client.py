@@ -95,6 +95,8 @@ class _Stream:
                 if first is None:
                     await self._call.done_writing()
                     return
+                # One loop turn for deliveries of pushes read in the same turn to join.
+                await asyncio.sleep(0)
                 batch = [first]
                 while len(batch) < _MAX_BATCH and not self._queue.empty():
                     item = self._queue.get_nowait()
