@@ -36,6 +36,7 @@ Stream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 Bidi = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 API_PACKAGE = "acme.wxplatform.v1."
+_KNOWN_CREDENTIALS = 64
 
 # Infrastructure services that load balancers and tools call without a credential.
 PUBLIC_SERVICES = frozenset(
@@ -244,6 +245,19 @@ class CallerAuth(_HandlerWrapper):
     def __init__(self, callers: tuple[CallerConfig, ...]) -> None:
         super().__init__()
         self._by_hash: Mapping[str, CallerConfig] = {c.token_sha256: c for c in callers}
+        # Credential → caller for the last few credentials seen, so a busy caller's
+        # credential is hashed once rather than on every call. Unknown ones are not kept.
+        self._known: dict[str, CallerConfig] = {}
+
+    def _caller(self, token: str) -> CallerConfig | None:
+        caller = self._known.get(token)
+        if caller is None:
+            caller = self._by_hash.get(hash_credential(token))
+            if caller is not None:
+                if len(self._known) >= _KNOWN_CREDENTIALS:
+                    self._known.clear()
+                self._known[token] = caller
+        return caller
 
     def _authenticate(
         self, method: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -255,7 +269,7 @@ class CallerAuth(_HandlerWrapper):
         if not qualified.startswith(API_PACKAGE):  # grants name services of this API only
             raise CallerNotAuthorized(f"{qualified} is not part of the wxplatform API")
         scheme, _, token = _metadata(context).get("authorization", "").partition(" ")
-        caller = self._by_hash.get(hash_credential(token)) if scheme.lower() == "bearer" else None
+        caller = self._caller(token) if scheme.lower() == "bearer" else None
         if caller is None:
             raise CallerUnauthenticated("missing or unknown caller credential")
         current_caller.set(caller.name)

@@ -370,7 +370,9 @@ class MessagingService:
         )
         if early is not None:
             delivery = await self._apply_early(app, delivery, record, early)
-        log.info(
+        # Successes are counted by metrics and logged at DEBUG, failures at INFO.
+        log.log(
+            logging.DEBUG if failure is None else logging.INFO,
             "sent" if failure is None else "send failed",
             extra={
                 "app_id": app.app_id,
