@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from acme.wxplatform.v1 import (
     error_reason_pb2,
@@ -43,10 +44,22 @@ _FINAL = {
     (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"): 400,
 }
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 _MAX_BATCH = 256  # deliveries per stream message (each is a few KiB at most)
 _CLOSE_WAIT = 5.0  # seconds `close` waits for answers to deliveries already sent
 
 Response = ingress_service_pb2.DeliverMessageResponse
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    """The `ErrorInfo.reason` of a failed unary call, if core sent one."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    return ""
 
 
 def _failure(code: grpc.StatusCode, reason: str, details: str) -> CoreRejected | CoreUnavailable:
@@ -67,6 +80,7 @@ class _Stream:
         self._pending: dict[int, asyncio.Future[Response]] = {}
         self._ids = itertools.count(1)
         self.broken = False
+        self.ended_with: grpc.StatusCode | None = None
         self._writer = asyncio.create_task(self._write(), name="core-stream-writer")
         self._reader = asyncio.create_task(self._read(), name="core-stream-reader")
 
@@ -142,6 +156,7 @@ class _Stream:
     def _fail(self, code: grpc.StatusCode, details: str) -> None:
         """The stream is over: every delivery still waiting fails as unavailable."""
         self.broken = True
+        self.ended_with = self.ended_with or code
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
@@ -181,9 +196,13 @@ class CoreClient:
         self._stub = ingress_service_pb2_grpc.IngressServiceStub(self._channel)
         self._auth = (("authorization", f"Bearer {credential.reveal()}"),) if credential else ()
         self._stream: _Stream | None = None
+        self._unary = False  # core predates DeliverStream: one unary call per push
 
     def _open(self) -> _Stream:
         if self._stream is None or self._stream.broken:
+            if self._stream is not None and self._stream.ended_with == _UNIMPLEMENTED:
+                log.warning("core has no DeliverStream; delivering with unary calls")
+                self._unary = True
             call = self._stub.DeliverStream(
                 metadata=((REQUEST_ID_METADATA, new_request_id()), *self._auth)
             )
@@ -197,17 +216,33 @@ class CoreClient:
         if timeout <= 0:
             metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
             raise CoreUnavailable("core_deadline", "no time left in the budget")
+        request = ingress_service_pb2.DeliverMessageRequest(app_id=message.app_id, message=message)
         stream = self._open()
-        delivery_id, future = stream.submit(
-            ingress_service_pb2.DeliverMessageRequest(app_id=message.app_id, message=message),
-            request_id,
-        )
+        if self._unary:
+            return await self._deliver_unary(request, timeout, request_id)
+        delivery_id, future = stream.submit(request, request_id)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             stream.forget(delivery_id)
             metrics.CORE_CALLS.labels(grpc.StatusCode.DEADLINE_EXCEEDED.name).inc()
             raise CoreUnavailable("core_deadline_exceeded", "core did not answer in time") from None
+
+    async def _deliver_unary(
+        self,
+        request: ingress_service_pb2.DeliverMessageRequest,
+        timeout: float,
+        request_id: str,
+    ) -> Response:
+        """`DeliverMessage`, for a core that is older than the delivery stream."""
+        try:
+            response: Response = await self._stub.DeliverMessage(
+                request, timeout=timeout, metadata=((REQUEST_ID_METADATA, request_id), *self._auth)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failure(exc.code(), _reason(exc), exc.details() or "") from None
+        metrics.CORE_CALLS.labels("OK").inc()
+        return response
 
     async def close(self) -> None:
         """Close the stream (answers to deliveries in flight still arrive) and the channel."""

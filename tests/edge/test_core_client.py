@@ -13,6 +13,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from acme.wxplatform.v1 import error_reason_pb2 as error_reason
 from acme.wxplatform.v1 import ingress_service_pb2 as ingress
@@ -187,3 +190,60 @@ async def test_close_waits_for_answers_in_flight(core: tuple[PlayCore, CoreClien
     asyncio.get_running_loop().call_later(0.2, play.release.set)
     await client.close()
     assert (await waiting).reply.text.content == "re: slow"
+
+
+async def old_core_deliver(
+    request: ingress.DeliverMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
+) -> ingress.DeliverMessageResponse:
+    """A core from before DeliverStream: only the unary call."""
+    text = request.message.text.content
+    if text == "replayed":
+        await context.abort_with_status(
+            rpc_status.to_status(
+                status_pb2.Status(
+                    code=code_pb2.PERMISSION_DENIED,
+                    message="replayed",
+                    details=[_packed(error_details_pb2.ErrorInfo(reason="REPLAYED_REQUEST"))],
+                )
+            )
+        )
+    return ingress.DeliverMessageResponse(
+        reply=pr.PassiveReply(text=pr.TextReply(content=f"unary: {text}"))
+    )
+
+
+def _packed(detail: error_details_pb2.ErrorInfo) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+async def test_an_older_core_gets_unary_calls() -> None:
+    """A rolling upgrade: the edge is new, core is not yet. Nothing is lost meanwhile."""
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(
+        old_core_deliver,
+        request_deserializer=ingress.DeliverMessageRequest.FromString,
+        response_serializer=ingress.DeliverMessageResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "acme.wxplatform.v1.IngressService", {"DeliverMessage": handler}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = CoreClient(f"127.0.0.1:{port}", Secret("edge-secret"))
+    try:
+        with pytest.raises(CoreUnavailable) as first:
+            await deliver(client, "first")  # the stream is refused: spooled, replayed later
+        assert first.value.reason == "core_unimplemented"
+        assert (await deliver(client, "second")).reply.text.content == "unary: second"
+        with pytest.raises(CoreRejected) as rejected:
+            await deliver(client, "replayed")
+        assert rejected.value.status == 403
+    finally:
+        await client.close()
+        await server.stop(None)
