@@ -10,6 +10,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from edge import metrics
 from edge.core_client import CoreClient
 from edge.handlers import CallbackDeps, CallbackHandler, HealthHandler, InFlight, MetricsHandler
 from edge.replayer import Replayer
@@ -27,13 +28,19 @@ log = logging.getLogger("wxplatform.edge")
 _TORNADO_BODY_LIMIT = 1 << 30
 
 
-def make_app(settings: Settings, deps: CallbackDeps) -> tornado.web.Application:
-    """The Tornado application for `settings`."""
+def make_app(
+    settings: Settings, deps: CallbackDeps, *, metrics_dir: str | None = None
+) -> tornado.web.Application:
+    """The Tornado application for `settings`.
+
+    `metrics_dir`: the directory the worker processes of one edge keep their metrics
+    in (`PROMETHEUS_MULTIPROC_DIR`); `/metrics` then answers for all of them.
+    """
     return tornado.web.Application(
         [
             (r"/wx/(?P<app_id>[^/]+)", CallbackHandler, {"deps": deps}),
             (r"/healthz", HealthHandler),
-            (r"/metrics", MetricsHandler),
+            (r"/metrics", MetricsHandler, {"registry": metrics.registry(metrics_dir)}),
         ],
         default_handler_class=_NotFound,
         compress_response=False,
@@ -88,10 +95,14 @@ async def start_edge(
     listen: str | None = None,
     clock: Clock | None = None,
     core: CoreClient | None = None,
+    reuse_port: bool = False,
+    metrics_dir: str | None = None,
 ) -> EdgeServer:
     """Build and start the edge on `listen` (default `[edge] listen`; port 0 picks one).
 
     `core` replaces the gRPC client to `[edge] core_target` (the benchmark's stub core).
+    `reuse_port` lets the worker processes of one edge listen on the same port (the
+    kernel spreads connections over them); `metrics_dir` see `make_app`.
     """
     edge = settings.edge
     clock = clock or SystemClock()
@@ -112,9 +123,9 @@ async def start_edge(
         timestamp_window_seconds=edge.timestamp_window_seconds,
     )
     host, port = split_address(listen or edge.listen)
-    sockets = tornado.netutil.bind_sockets(port, address=host)
+    sockets = tornado.netutil.bind_sockets(port, address=host, reuse_port=reuse_port)
     http = tornado.httpserver.HTTPServer(
-        make_app(settings, deps),
+        make_app(settings, deps, metrics_dir=metrics_dir),
         max_body_size=_TORNADO_BODY_LIMIT,
         max_header_size=16 * 1024,
         # The body timeout is the callback handler's own timer (see `CallbackHandler`).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import tornado.web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from acme.wxplatform.v1 import passive_reply_pb2 as pr
@@ -352,7 +353,8 @@ class CallbackHandler(EdgeHandler):
             )
             raise CoreUnavailable("spool_unavailable", str(exc)) from None
         metrics.SPOOLED.inc()
-        metrics.SPOOL_DEPTH.inc()
+        with contextlib.suppress(SpoolUnavailable):  # the push is safe; the gauge can wait
+            metrics.SPOOL_DEPTH.set(await self.deps.spool.depth())
         log.warning("core unavailable; push spooled", extra={"reason": cause.reason})
         self.deps.replayer.wake()
 
@@ -446,9 +448,12 @@ class HealthHandler(EdgeHandler):
 class MetricsHandler(EdgeHandler):
     """`GET /metrics`: Prometheus exposition."""
 
+    def initialize(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest())
+        self.finish(generate_latest(self.registry))
 
     def on_finish(self) -> None:
         pass  # scrapes would drown the access log

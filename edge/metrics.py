@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
     "CALLBACKS",
@@ -14,6 +15,7 @@ __all__ = [
     "SPOOL_DROPPED",
     "SPOOL_FAILURES",
     "SPOOL_REPLAYED",
+    "registry",
 ]
 
 CALLBACKS = Counter(
@@ -32,7 +34,11 @@ REJECTED = Counter(
 CORE_CALLS = Counter(
     "wxp_edge_core_calls_total", "Calls to core, by outcome (gRPC code).", ["code"]
 )
-SPOOL_DEPTH = Gauge("wxp_edge_spool_depth", "Pushes waiting in the spool for core.")
+# Set from the spool itself (shared by an edge's workers): the latest reading is the
+# depth, whichever worker took it.
+SPOOL_DEPTH = Gauge(
+    "wxp_edge_spool_depth", "Pushes waiting in the spool for core.", multiprocess_mode="mostrecent"
+)
 SPOOLED = Counter(
     "wxp_edge_spooled_total", "Pushes written to the spool because core was unavailable."
 )
@@ -45,3 +51,13 @@ SPOOL_DROPPED = Counter(
 SPOOL_FAILURES = Counter(
     "wxp_edge_spool_write_failures_total", "Pushes left unacknowledged because the spool failed."
 )
+
+
+def registry(multiprocess_dir: str | None) -> CollectorRegistry:
+    """What `/metrics` exposes: this process's metrics, or those of every worker of
+    the edge when they keep them in `multiprocess_dir` (`PROMETHEUS_MULTIPROC_DIR`)."""
+    if multiprocess_dir is None:
+        return REGISTRY
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+    return combined

@@ -33,6 +33,10 @@ _IDLE_POLL = 1.0  # seconds between looks at an empty spool (puts also wake the 
 _BACKOFF_START = 0.5
 _BACKOFF_CAP = 30.0
 _REPLAY_TIMEOUT = 5.0
+# A batch is leased while it is replayed: long enough for _BATCH entries at the usual
+# pace; should it run out, another worker may replay an entry too (core's dedup makes
+# that harmless).
+_LEASE = 60.0
 
 
 class Replayer:
@@ -86,16 +90,23 @@ class Replayer:
 
     async def _replay_batch(self) -> bool:
         """Replay due entries; False when there was nothing to do or core is still down."""
-        entries = await self._spool.due(self._clock.now(), _BATCH)
+        entries = await self._spool.claim(self._clock.now(), _BATCH, _LEASE)
         if not entries:
             return False
-        for entry in entries:
+        for index, entry in enumerate(entries):
             if self._stopping.is_set():
+                await self._give_back(entries[index:])
                 return True
-            if not await self._replay(entry):
+            if not await self._replay(entry):  # core is down; this entry was postponed
+                await self._give_back(entries[index + 1 :])
                 return False
         metrics.SPOOL_DEPTH.set(await self._spool.depth())
         return True
+
+    async def _give_back(self, entries: list[SpoolEntry]) -> None:
+        """Claimed entries not attempted: due again at once, here or in another worker."""
+        if entries:
+            await self._spool.release([e.id for e in entries], self._clock.now())
 
     async def _replay(self, entry: SpoolEntry) -> bool:
         """Replay one entry; False when core is (still) unavailable."""

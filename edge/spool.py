@@ -5,6 +5,10 @@ crash or power loss, so the edge may tell WeChat `success`. If the write fails (
 full, the configured size cap reached, I/O error) `put` raises `SpoolUnavailable` and the
 edge does not acknowledge the push, so WeChat retries it. SQLite calls are blocking, so
 they run on one dedicated thread that owns the connection.
+
+The worker processes of one edge share the file (SQLite locks it; a writer waits up to
+`_BUSY_MS` for another): each spools into it, and each replays from it, taking due
+entries with a lease (`claim`) so that two workers do not replay the same entry at once.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 CREATE INDEX IF NOT EXISTS spool_due ON spool (next_try_at, id);
 """
+
+
+_BUSY_MS = 5000  # how long a write waits for another process's write to finish
 
 
 class SpoolUnavailable(Exception):
@@ -69,6 +76,7 @@ class Spool:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")  # other edge workers share the file
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # durable before we acknowledge WeChat
         page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
@@ -98,20 +106,40 @@ class Spool:
         )
         return int(cursor.lastrowid or 0)
 
-    async def due(self, now: float, limit: int) -> list[SpoolEntry]:
-        """Entries whose next attempt is due, oldest first."""
-        rows = await self._run(self._due, now, limit)
+    async def claim(self, now: float, limit: int, lease_seconds: float) -> list[SpoolEntry]:
+        """Due entries, oldest first, leased until `now + lease_seconds`.
+
+        Until the lease runs out (or the entry is removed, postponed or released) no
+        other process sharing the spool gets it from `claim`.
+        """
+        rows = await self._run(self._claim, now, limit, now + lease_seconds)
         return [SpoolEntry(*row) for row in rows]
 
-    def _due(self, now: float, limit: int) -> list[tuple[Any, ...]]:
-        return (
-            self._conn()
-            .execute(
+    def _claim(self, now: float, limit: int, leased_until: float) -> list[tuple[Any, ...]]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")  # one claimant at a time across processes
+        try:
+            rows = db.execute(
                 "SELECT id, app_id, request_id, received_at, attempts, message FROM spool"
                 " WHERE next_try_at <= ? ORDER BY id LIMIT ?",
                 (now, limit),
+            ).fetchall()
+            db.executemany(
+                "UPDATE spool SET next_try_at = ? WHERE id = ?",
+                [(leased_until, row[0]) for row in rows],
             )
-            .fetchall()
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return rows
+
+    async def release(self, entry_ids: list[int], now: float) -> None:
+        """Give back claimed entries that were not attempted: due again at once."""
+        await self._run(
+            lambda: self._conn().executemany(
+                "UPDATE spool SET next_try_at = ? WHERE id = ?", [(now, i) for i in entry_ids]
+            )
         )
 
     async def remove(self, entry_id: int) -> None:
@@ -128,10 +156,13 @@ class Spool:
         )
 
     async def depth(self) -> int:
-        """How many entries wait."""
-        count: int = await self._run(
-            lambda: int(self._conn().execute("SELECT COUNT(*) FROM spool").fetchone()[0])
-        )
+        """How many entries wait; raises `SpoolUnavailable` when the spool cannot tell."""
+        try:
+            count: int = await self._run(
+                lambda: int(self._conn().execute("SELECT COUNT(*) FROM spool").fetchone()[0])
+            )
+        except sqlite3.Error as exc:
+            raise SpoolUnavailable(f"spool read failed: {exc.__class__.__name__}") from exc
         return count
 
     async def close(self) -> None:

@@ -44,16 +44,40 @@ async def run_core(settings: Settings) -> None:
         await client.aclose()
 
 
-async def run_edge(settings: Settings) -> None:
-    """Serve the edge until SIGTERM/SIGINT, then finish in-flight pushes."""
+async def run_edge(settings: Settings, *, worker_of: str | None = None) -> None:
+    """Serve the edge until SIGTERM/SIGINT, then finish in-flight pushes.
+
+    `worker_of`: this process is one worker of a multi-process edge, and the path is
+    the workers' shared metrics directory.
+    """
     from edge.app import start_edge
 
-    if settings.edge.core_credential is None:
-        raise ConfigError("edge.core_credential", "is required: the edge authenticates to core")
     stop = stop_on_signals()
-    edge = await start_edge(settings)
+    edge = await start_edge(settings, reuse_port=worker_of is not None, metrics_dir=worker_of)
     await stop.wait()
     await edge.stop()
+
+
+def edge_command(settings: Settings, config: str | None, environ: dict[str, str]) -> int:
+    """`wxplatform edge`: one process, or a supervisor of `[edge] processes` workers."""
+    if settings.edge.core_credential is None:
+        raise ConfigError("edge.core_credential", "is required: the edge authenticates to core")
+    if settings.edge.processes == 1:
+        asyncio.run(run_edge(settings))
+        return 0
+    from edge.workers import METRICS_DIR_ENV, supervise
+
+    if METRICS_DIR_ENV in environ and "WXP_EDGE_WORKER" in environ:
+        asyncio.run(run_edge(settings, worker_of=environ[METRICS_DIR_ENV]))
+        return 0
+    command = [sys.executable, "-m", "wxplatform", *(["--config", config] if config else [])]
+    return supervise(
+        settings.edge.processes,
+        [*command, "edge"],
+        {**environ, "WXP_EDGE_WORKER": "1"},
+        # Each worker has the push budget to finish in flight, then closes its streams.
+        grace_seconds=settings.edge.budget_seconds + 10,
+    )
 
 
 async def run_sim(settings: Settings, listen: str | None) -> None:
@@ -141,9 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging("sim", "WARNING")
             return asyncio.run(sim_push(settings, args.app, args.text, args.openid, args.edge))
         configure_logging(args.command, settings.log_level)
+        if args.command == "edge":
+            return edge_command(settings, args.config, environ)
         runners: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "core": lambda: run_core(settings),
-            "edge": lambda: run_edge(settings),
             "sim": lambda: run_sim(settings, args.listen),
         }
         asyncio.run(runners[args.command]())

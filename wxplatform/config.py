@@ -193,6 +193,9 @@ class EdgeConfig:
     spool_path: str = ".wxplatform/edge-spool.sqlite3"
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_age_seconds: int = 12 * 3600  # replay horizon: older entries are dropped
+    # Worker processes of `wxplatform edge` sharing `listen` (SO_REUSEPORT): one per
+    # CPU the edge may use, since one Python process runs on one CPU at a time.
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,45 @@ def _positive(table: _Table, name: str, default: float) -> float:
     return value
 
 
+def _edge_config(t: _Table, core: CoreConfig) -> EdgeConfig:
+    """`[edge]`, checked against core's dedup horizon."""
+    credential = t.optional_str("core_credential")
+    budget = _positive(t, "budget_seconds", EdgeConfig.budget_seconds)
+    if budget >= 5:
+        raise ConfigError(t.key("budget_seconds"), "must be below WeChat's 5 s deadline")
+    max_body = t.get("max_body_bytes", int, EdgeConfig.max_body_bytes)
+    if not 1024 <= max_body <= 16 * 1024 * 1024:
+        raise ConfigError(t.key("max_body_bytes"), "must be between 1024 and 16777216")
+    edge = EdgeConfig(
+        listen=_address(t, "listen", EdgeConfig.listen),
+        core_target=_address(t, "core_target", EdgeConfig.core_target),
+        core_credential=Secret(credential) if credential else None,
+        budget_seconds=budget,
+        max_body_bytes=max_body,
+        timestamp_window_seconds=_int_range(
+            t, "timestamp_window_seconds", EdgeConfig.timestamp_window_seconds, 30, 86400
+        ),
+        spool_path=t.get("spool_path", str, EdgeConfig.spool_path),
+        spool_max_bytes=_int_range(
+            t, "spool_max_bytes", EdgeConfig.spool_max_bytes, 1024 * 1024, 1024**4
+        ),
+        spool_max_age_seconds=_int_range(
+            t, "spool_max_age_seconds", EdgeConfig.spool_max_age_seconds, 60, 7 * 86400
+        ),
+        processes=_int_range(t, "processes", EdgeConfig.processes, 1, 64),
+    )
+    if edge.processes > 1 and split_address(edge.listen)[1] == 0:
+        # Workers share one port; port 0 would give each its own.
+        raise ConfigError(t.key("processes"), "needs a fixed port in edge.listen")
+    if edge.spool_max_age_seconds >= core.dedup_ttl_seconds:
+        # A replay older than the dedup records could be processed a second time.
+        raise ConfigError(
+            t.key("spool_max_age_seconds"), "must be shorter than core.dedup_ttl_seconds"
+        )
+    t.done()
+    return edge
+
+
 def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Settings:
     """Validate a parsed TOML document into `Settings`."""
     root = _Table(data, "")
@@ -375,37 +417,7 @@ def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Sett
         )
     t.done()
 
-    t = root.table("edge")
-    credential = t.optional_str("core_credential")
-    budget = _positive(t, "budget_seconds", EdgeConfig.budget_seconds)
-    if budget >= 5:
-        raise ConfigError(t.key("budget_seconds"), "must be below WeChat's 5 s deadline")
-    max_body = t.get("max_body_bytes", int, EdgeConfig.max_body_bytes)
-    if not 1024 <= max_body <= 16 * 1024 * 1024:
-        raise ConfigError(t.key("max_body_bytes"), "must be between 1024 and 16777216")
-    edge = EdgeConfig(
-        listen=_address(t, "listen", EdgeConfig.listen),
-        core_target=_address(t, "core_target", EdgeConfig.core_target),
-        core_credential=Secret(credential) if credential else None,
-        budget_seconds=budget,
-        max_body_bytes=max_body,
-        timestamp_window_seconds=_int_range(
-            t, "timestamp_window_seconds", EdgeConfig.timestamp_window_seconds, 30, 86400
-        ),
-        spool_path=t.get("spool_path", str, EdgeConfig.spool_path),
-        spool_max_bytes=_int_range(
-            t, "spool_max_bytes", EdgeConfig.spool_max_bytes, 1024 * 1024, 1024**4
-        ),
-        spool_max_age_seconds=_int_range(
-            t, "spool_max_age_seconds", EdgeConfig.spool_max_age_seconds, 60, 7 * 86400
-        ),
-    )
-    if edge.spool_max_age_seconds >= core.dedup_ttl_seconds:
-        # A replay older than the dedup records could be processed a second time.
-        raise ConfigError(
-            t.key("spool_max_age_seconds"), "must be shorter than core.dedup_ttl_seconds"
-        )
-    t.done()
+    edge = _edge_config(root.table("edge"), core)
 
     t = root.table("redis")
     url = t.optional_str("url")

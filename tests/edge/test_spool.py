@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import redis.asyncio as redis
 from tornado.httpclient import AsyncHTTPClient
 
 from edge import metrics
+from edge.spool import Spool
 from tests.edge.signing import push_request, text_fields
 from tests.support import app_table, make_settings, new_app_id, running_stack
 from wxplatform.core.adapters.redis_keys import app_key
@@ -79,3 +81,34 @@ async def test_full_spool_leaves_the_push_unacknowledged(redis_client: redis.Red
         assert statuses[0] == 200
         assert statuses[-1] == 503, "a full spool must not acknowledge"
         assert metrics.SPOOL_FAILURES._value.get() > failures_before
+
+
+async def test_workers_sharing_a_spool_never_claim_the_same_entry(tmp_path: Path) -> None:
+    """Two edge workers, one spool file: each entry is leased to one claimant at a time."""
+    path = tmp_path / "spool.sqlite3"
+    first, second = Spool(path, max_bytes=1 << 24), Spool(path, max_bytes=1 << 24)
+    await first.open()
+    await second.open()
+    try:
+        ids = [
+            await (first if n % 2 else second).put("wxapp", f"r{n}", 100.0 + n, b"m")
+            for n in range(10)
+        ]
+        claims = await asyncio.gather(
+            first.claim(200.0, 4, lease_seconds=60),
+            second.claim(200.0, 4, lease_seconds=60),
+        )
+        claimed = [e.id for batch in claims for e in batch]
+        assert len(claimed) == 8
+        assert len(set(claimed)) == 8  # disjoint
+        rest = await first.claim(200.0, 10, lease_seconds=60)
+        assert sorted(claimed + [e.id for e in rest]) == ids
+        assert await second.claim(200.0, 10, lease_seconds=60) == []  # all leased
+        # A lease runs out: the entry is due again (its claimant may have died).
+        assert len(await second.claim(261.0, 10, lease_seconds=60)) == 10
+        # Released entries are due again at once.
+        await second.release(ids[:3], 300.0)
+        assert [e.id for e in await first.claim(300.0, 10, lease_seconds=60)] == ids[:3]
+    finally:
+        await first.close()
+        await second.close()

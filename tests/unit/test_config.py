@@ -43,6 +43,8 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
         ("core.listen", "nope", "core.listen"),
         ("core.drain_seconds", -1, "core.drain_seconds"),
         ("edge.budget_seconds", 5, "edge.budget_seconds"),
+        ("edge.processes", 0, "edge.processes"),
+        ("edge.processes", 65, "edge.processes"),
         ("edge.max_body_bytes", 10, "edge.max_body_bytes"),
         ("redis.url", "http://x", "redis.url"),
         ("wechat.api_base", "ftp://x", "wechat.api_base"),
@@ -89,6 +91,15 @@ def test_duplicate_apps_are_rejected() -> None:
         parse_settings(data)
 
 
+def test_edge_workers_need_a_fixed_port() -> None:
+    data = base()
+    data["edge"] = {"processes": 2, "listen": "127.0.0.1:0"}
+    with pytest.raises(ConfigError, match=r"edge\.processes: needs a fixed port"):
+        parse_settings(data)
+    data["edge"]["listen"] = "0.0.0.0:8080"
+    assert parse_settings(data).edge.processes == 2
+
+
 def test_defaults() -> None:
     settings = parse_settings(base())
     assert settings.core.listen == "127.0.0.1:50051"
@@ -96,6 +107,7 @@ def test_defaults() -> None:
     assert settings.edge.core_target == "127.0.0.1:50051"
     assert settings.wechat.api_base == "https://api.weixin.qq.com"
     assert settings.redis.url is None
+    assert settings.edge.processes == 1
     assert settings.apps["wxapp1"].encryption == "plaintext"
 
 

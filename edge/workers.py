@@ -1,0 +1,113 @@
+"""Several edge processes on one port, for `[edge] processes` > 1.
+
+A Python process runs Python on one CPU at a time, so an edge meant to use N CPUs runs
+N worker processes. `wxplatform edge` then supervises: it starts each worker as
+`wxplatform edge --worker`; every worker binds `[edge] listen` with SO_REUSEPORT, so the
+kernel spreads WeChat's connections over them; they share the spool file (see
+`edge.spool`) and keep their metrics in one directory, so `/metrics` on any worker
+answers for all of them. SIGTERM or SIGINT to the supervisor drains every worker (each
+finishes its in-flight pushes); a worker that dies is restarted, with a growing pause
+if it keeps dying.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client.multiprocess import mark_process_dead
+
+__all__ = ["METRICS_DIR_ENV", "supervise"]
+
+log = logging.getLogger("wxplatform.edge.workers")
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in each worker
+_POLL = 0.2
+_RESTART_START, _RESTART_CAP = 1.0, 30.0
+_HEALTHY_AFTER = 30.0  # a worker that ran this long resets its restart pause
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+    pause: float = _RESTART_START
+
+
+def supervise(
+    count: int, command: Sequence[str], environ: Mapping[str, str], *, grace_seconds: float
+) -> int:
+    """Run `count` workers (`command` starts one) until SIGTERM/SIGINT; 0 if all drained."""
+    metrics_dir = tempfile.mkdtemp(prefix="wxp-edge-metrics-")
+    env = {**environ, METRICS_DIR_ENV: metrics_dir}
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+
+    def start(index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(command), env=env)
+
+    workers = [_Worker(i, start(i)) for i in range(count)]
+    log.info("edge workers started", extra={"workers": [w.process.pid for w in workers]})
+    try:
+        while not stopping.wait(_POLL):
+            for worker in workers:
+                _restart_if_dead(worker, start, metrics_dir, stopping)
+        return _drain(workers, grace_seconds)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _restart_if_dead(
+    worker: _Worker,
+    start: Callable[[int], subprocess.Popen[bytes]],
+    metrics_dir: str,
+    stopping: threading.Event,
+) -> None:
+    code = worker.process.poll()
+    if code is None:
+        return
+    mark_process_dead(worker.process.pid, metrics_dir)  # type: ignore[no-untyped-call]
+    ran = time.monotonic() - worker.started
+    if ran >= _HEALTHY_AFTER:
+        worker.pause = _RESTART_START
+    log.error(
+        "edge worker exited; restarting it",
+        extra={"worker": worker.index, "code": code, "pause_s": worker.pause},
+    )
+    if stopping.wait(worker.pause):
+        return  # asked to stop meanwhile: nothing to restart
+    worker.pause = min(worker.pause * 2, _RESTART_CAP)
+    worker.process = start(worker.index)
+    worker.started = time.monotonic()
+
+
+def _drain(workers: list[_Worker], grace_seconds: float) -> int:
+    """SIGTERM every worker, wait for them to finish their pushes, kill the stragglers."""
+    log.info("draining edge workers", extra={"grace_s": grace_seconds})
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    clean = True
+    for worker in workers:
+        try:
+            code = worker.process.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            log.error(
+                "edge worker did not drain in time; killing it", extra={"worker": worker.index}
+            )
+            worker.process.kill()
+            code = worker.process.wait()
+        # Killed by the SIGTERM itself: it was still starting, with nothing in flight.
+        clean = clean and code in (0, -signal.SIGTERM)
+    log.info("edge workers stopped")
+    return 0 if clean else 1

@@ -1,0 +1,138 @@
+"""`wxplatform edge` with `[edge] processes = 2`: two workers on one port, run for real.
+
+The CLI in a subprocess (the supervisor and its worker processes), core in this test's
+process on the session's Redis: every push is answered, `/metrics` on either worker
+counts the pushes of both, a worker that dies is replaced, and SIGTERM drains them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import redis.asyncio as redis
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.edge.signing import push_request, text_fields
+from wxplatform.config import parse_settings
+from wxplatform.core.server import create_server
+from wxplatform.devconfig import PLAIN_APP, DevPorts, render_dev_config
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Workers:
+    supervisor: subprocess.Popen[bytes]
+    url: str
+    app: object
+
+    def workers(self) -> list[psutil.Process]:
+        return psutil.Process(self.supervisor.pid).children()
+
+
+@pytest.fixture
+async def two_workers(redis_client: redis.Redis, tmp_path: Path) -> AsyncIterator[Workers]:
+    ports = DevPorts(core=free_port(), core_metrics=free_port(), edge=free_port(), sim=free_port())
+    text = render_dev_config(ports).replace(
+        "[edge]\n", f'[edge]\nprocesses = 2\nspool_path = "{tmp_path / "spool.sqlite3"}"\n', 1
+    )
+    config = tmp_path / "edge.toml"
+    config.write_text(text, encoding="utf-8")
+    settings = parse_settings(tomllib.loads(text))
+    core = await create_server(settings, redis_client, serve_metrics=False)
+    supervisor = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the CLI runs on
+        [sys.executable, "-m", "wxplatform", "--config", str(config), "edge"],
+        env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+    )
+    url = f"http://127.0.0.1:{ports.edge}"
+    try:
+        await _until_serving(url, supervisor)
+        yield Workers(supervisor, url, settings.apps[PLAIN_APP])
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        await core.stop()
+
+
+async def _until_serving(url: str, supervisor: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert supervisor.poll() is None, "the edge supervisor exited"
+        try:
+            response = await AsyncHTTPClient().fetch(f"{url}/healthz", raise_error=False)
+        except ConnectionError:  # not listening yet
+            await asyncio.sleep(0.2)
+            continue
+        if response.code == 200 and len(psutil.Process(supervisor.pid).children()) == 2:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the edge workers did not start")
+
+
+async def push(workers: Workers, text: str) -> bytes:
+    url, body = push_request(workers.url, workers.app, text_fields(text))  # type: ignore[arg-type]
+    # A new connection each time, so the kernel spreads the pushes over both workers.
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(url, method="POST", body=body, raise_error=False)
+    finally:
+        client.close()
+    assert response.code == 200, response.body
+    return response.body or b""
+
+
+def callbacks_counted(metrics: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("wxp_edge_callbacks_total{") and 'method="POST"' in line
+    )
+
+
+async def test_two_workers_answer_and_count_together(two_workers: Workers) -> None:
+    pids = {w.pid for w in two_workers.workers()}
+    assert len(pids) == 2
+    replies = await asyncio.gather(*(push(two_workers, f"hello {n}") for n in range(20)))
+    assert all(b"<xml>" in reply or reply == b"success" for reply in replies)
+    for _ in range(4):  # whichever worker answers /metrics, it counts all 20
+        response = await AsyncHTTPClient(force_instance=True).fetch(f"{two_workers.url}/metrics")
+        assert callbacks_counted(response.body.decode()) == 20
+
+
+async def test_a_dead_worker_is_replaced_and_sigterm_drains_all(two_workers: Workers) -> None:
+    victim = two_workers.workers()[0]
+    victim.kill()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = {w.pid for w in two_workers.workers() if w.status() != psutil.STATUS_ZOMBIE}
+        if len(current) == 2 and victim.pid not in current:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("the dead worker was not replaced")
+    await _until_serving(two_workers.url, two_workers.supervisor)
+    await push(two_workers, "still here")
+    workers = two_workers.workers()
+    two_workers.supervisor.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(two_workers.supervisor.wait, 30) == 0
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive
