@@ -14,6 +14,7 @@ import selectors
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -58,6 +59,7 @@ class ServerProcess:
         max_seconds: float = 600.0,
         ready_timeout: float = 60.0,
         module: str = "bench.serve",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.kind = kind
         self.workdir = workdir
@@ -72,6 +74,7 @@ class ServerProcess:
         ]  # fmt: skip
         if cpu is not None:
             self._args += ["--cpu", str(cpu)]
+        self._args += list(extra_args)
         self._ready_timeout = ready_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None

@@ -2,7 +2,9 @@
 
 KIND is `baseline` (the bare handler), `edge` (the edge with a stub core) or `stack`
 (the edge in this process, delivering over gRPC to `core`: core in a child process
-with an embedded redis-server as its child). Once listening it prints one JSON line
+with an embedded redis-server as its child). `edge2` and `stack2` are the same with the
+edge in two worker processes sharing one port (SO_REUSEPORT, `[edge] processes = 2`):
+this process and an `edge-worker` child. Once listening it prints one JSON line
 `{"port": N, "pid": N}` on stdout, then serves until its stdin reaches end of file
 (the driver finished or died), SIGTERM/SIGINT, or `--max-seconds` pass.
 """
@@ -34,7 +36,8 @@ from wxplatform.logs import configure_logging
 
 __all__ = ["KINDS", "main"]
 
-KINDS = ("baseline", "edge", "stack", "core")  # `core` is the stack's child process
+# `core` and `edge-worker` are children of the stack and of the two-worker kinds.
+KINDS = ("baseline", "edge", "stack", "edge2", "stack2", "core", "edge-worker")
 
 
 def _listen(
@@ -118,25 +121,81 @@ async def _stack(
     """
     from bench.procs import ServerProcess
     from edge.app import start_edge
-    from wxplatform.config import Secret
 
     core = ServerProcess("core", spec_path, workdir / "core")
     await asyncio.to_thread(core.start)
     try:
-        edge_config = dataclasses.replace(
-            settings.edge,
-            core_target=f"127.0.0.1:{core.port}",
-            core_credential=Secret(spec.edge_credential),
-        )
-        edge = await start_edge(
-            dataclasses.replace(settings, edge=edge_config), listen="127.0.0.1:0"
-        )
+        edge = await start_edge(_pointed_at_core(settings, spec, core.port), listen="127.0.0.1:0")
         try:
             yield edge.port
         finally:
             await edge.stop(grace_seconds=1.0)
     finally:
         await asyncio.to_thread(core.stop)
+
+
+@contextlib.asynccontextmanager
+async def _two_workers(
+    settings: Settings, spec: BenchSpec, spec_path: Path, workdir: Path, *, with_core: bool
+) -> AsyncIterator[int]:
+    """Two edge workers on one port: this process and an `edge-worker` child.
+
+    With `with_core`, both deliver over gRPC to one core (a child, with its own
+    redis-server); otherwise both answer from the stub core.
+    """
+    from bench.procs import ServerProcess
+    from edge.app import start_edge
+    from edge.core_client import CoreClient
+
+    async with contextlib.AsyncExitStack() as stack:
+        core_args: list[str] = []
+        if with_core:
+            core = ServerProcess("core", spec_path, workdir / "core")
+            await asyncio.to_thread(core.start)
+            stack.callback(core.stop)
+            settings = _pointed_at_core(settings, spec, core.port)
+            core_args = ["--core-port", str(core.port)]
+        stub = None if with_core else cast(CoreClient, StubCore(REPLY))
+        edge = await start_edge(settings, listen="127.0.0.1:0", core=stub, reuse_port=True)
+        stack.push_async_callback(edge.stop, 1.0)
+        worker = ServerProcess(
+            "edge-worker",
+            spec_path,
+            workdir / "worker",
+            extra_args=["--port", str(edge.port), *core_args],
+        )
+        await asyncio.to_thread(worker.start)
+        stack.callback(worker.stop)
+        yield edge.port
+
+
+@contextlib.asynccontextmanager
+async def _edge_worker(
+    settings: Settings, spec: BenchSpec, port: int, core_port: int | None
+) -> AsyncIterator[int]:
+    """The second worker of `_two_workers`, on the same port."""
+    from edge.app import start_edge
+    from edge.core_client import CoreClient
+
+    if core_port is not None:
+        settings = _pointed_at_core(settings, spec, core_port)
+    stub = None if core_port is not None else cast(CoreClient, StubCore(REPLY))
+    edge = await start_edge(settings, listen=f"127.0.0.1:{port}", core=stub, reuse_port=True)
+    try:
+        yield edge.port
+    finally:
+        await edge.stop(grace_seconds=1.0)
+
+
+def _pointed_at_core(settings: Settings, spec: BenchSpec, core_port: int) -> Settings:
+    from wxplatform.config import Secret
+
+    edge = dataclasses.replace(
+        settings.edge,
+        core_target=f"127.0.0.1:{core_port}",
+        core_credential=Secret(spec.edge_credential),
+    )
+    return dataclasses.replace(settings, edge=edge)
 
 
 def _watch_for_stop(stop: asyncio.Event, max_seconds: float) -> None:
@@ -155,7 +214,7 @@ def _watch_for_stop(stop: asyncio.Event, max_seconds: float) -> None:
 
 
 def _running(
-    kind: str, spec: BenchSpec, spec_path: Path, workdir: Path
+    kind: str, spec: BenchSpec, spec_path: Path, workdir: Path, args: argparse.Namespace
 ) -> contextlib.AbstractAsyncContextManager[int]:
     settings = spec.settings(workdir)
     if kind == "baseline":
@@ -166,13 +225,18 @@ def _running(
         return _edge_with_stub(settings)
     if kind == "core":
         return _core(settings, workdir)
+    if kind in ("edge2", "stack2"):
+        return _two_workers(settings, spec, spec_path, workdir, with_core=kind == "stack2")
+    if kind == "edge-worker":
+        return _edge_worker(settings, spec, args.port, args.core_port)
     return _stack(settings, spec, spec_path, workdir)
 
 
-async def _serve(spec_path: Path, kind: str, workdir: Path, max_seconds: float) -> None:
+async def _serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
-    _watch_for_stop(stop, max_seconds)
-    async with _running(kind, BenchSpec.load(spec_path), spec_path, workdir) as port:
+    _watch_for_stop(stop, args.max_seconds)
+    spec_path, kind, workdir = args.spec, args.kind, args.workdir
+    async with _running(kind, BenchSpec.load(spec_path), spec_path, workdir, args) as port:
         sys.stdout.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()
         await stop.wait()
@@ -186,11 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU (and children)")
     parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--port", type=int, default=0, help="edge-worker: the shared port")
+    parser.add_argument("--core-port", type=int, default=None, help="edge-worker: core's port")
     args = parser.parse_args(argv)
     if args.cpu is not None:
         # Before anything starts: redis-server and gRPC's threads inherit the mask.
         os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(_serve(args.spec, args.kind, args.workdir, args.max_seconds))
+    asyncio.run(_serve(args))
     return 0
 
 

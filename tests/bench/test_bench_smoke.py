@@ -7,6 +7,7 @@ HTTP 200 with the configured reply and counts something.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,24 @@ def test_sends_scenario_counts_sends_and_redis_commands(tmp_path: Path) -> None:
     assert result.per_send is not None
     assert result.per_send > 0
     assert [row.scenario for row in judge_sends(result)] == ["echo", "sends", "redis"]
+
+
+@pytest.mark.parametrize("kind", ["edge2", "stack2"])
+async def test_two_worker_kinds_share_one_port(tmp_path: Path, kind: str) -> None:
+    """The whole-box servers: two edge workers on one port, both answering."""
+    spec = new_spec()
+    spec.dump(tmp_path / "spec.json")
+    app = spec.app("plaintext")
+    with ServerProcess(kind, tmp_path / "spec.json", tmp_path / "server") as server:
+        opened = await open_loop(
+            "127.0.0.1", server.port, app, PushFactory(app, "127.0.0.1", server.port).build(300),
+            rate=300, warmup=0.1, duration=0.6,
+        )  # fmt: skip
+        worker = json.loads(
+            (tmp_path / "server" / "worker" / "edge-worker.log").read_text().splitlines()[-1]
+        )
+    assert opened.errors == {}
+    assert opened.verified > 0
+    assert opened.invalid == 0
+    assert worker["msg"] == "edge serving"
+    assert worker["port"] == server.port  # the child worker listens on the same port
