@@ -20,6 +20,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from wxplatform.core.adapters.redis_keys import app_key
+from wxplatform.core.adapters.script_batch import ScriptBatcher
 from wxplatform.errors import ReplayedRequest, StoreUnavailable
 
 __all__ = ["Acceptance", "Accepted", "IngressStore", "ReplayCheck", "WindowGrant"]
@@ -99,6 +100,7 @@ class IngressStore:
         event_retention: int,
     ) -> None:
         self._accept = client.register_script(_ACCEPT)
+        self._scripts = ScriptBatcher(client)  # a burst of deliveries: one round trip
         self._dedup_ttl_ms = dedup_ttl_seconds * 1000
         self._nonce_ttl_ms = nonce_ttl_seconds * 1000
         self._retention = event_retention
@@ -136,7 +138,7 @@ class IngressStore:
             *window_args,
         ]
         try:
-            result = cast(list[bytes], await self._accept(keys=keys, args=args))
+            result = cast(list[bytes], await self._scripts.run(self._accept, keys, args))
         except RedisError as exc:
             raise StoreUnavailable("ingress store unreachable") from exc
         if result[0] == b"replay":

@@ -33,6 +33,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from wxplatform.core.adapters.redis_keys import app_key
+from wxplatform.core.adapters.script_batch import ScriptBatcher
 from wxplatform.errors import StoreUnavailable
 
 __all__ = ["Begun", "MessageStore", "SendResult"]
@@ -192,6 +193,7 @@ class MessageStore:
         self._release = client.register_script(_RELEASE)
         self._locate_or_park = client.register_script(_LOCATE_OR_PARK)
         self._replace = client.register_script(_REPLACE)
+        self._scripts = ScriptBatcher(client)  # concurrent sends share round trips
         self._idem_ms = idempotency_ttl_seconds * 1000
         self._record_ms = record_ttl_seconds * 1000
         self._pending_ms = 120_000  # longer than any send (deadlines are seconds)
@@ -209,7 +211,7 @@ class MessageStore:
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await script(keys=keys, args=args)
+            return await self._scripts.run(script, keys, args)
         except RedisError as exc:
             raise StoreUnavailable("message store unreachable") from exc
 
