@@ -28,6 +28,7 @@ from tests.support import (
 )
 from wxplatform.clock import ManualClock
 from wxplatform.core.adapters.credential_store import CredentialStore
+from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.sim import WeChatSimulator
 from wxplatform.wechat.signature import jssdk_signature
 
@@ -150,6 +151,22 @@ async def test_concurrent_invalidations_refresh_once(three: World) -> None:
     again = await three.stub().InvalidateAccessToken(request, metadata=bearer(TEAM_CREDENTIAL))
     assert not again.invalidated
     assert again.access_token == answers[0].access_token
+
+
+async def test_a_token_invalidated_on_another_replica_is_never_handed_out_again(
+    three: World, redis_client: redis.Redis
+) -> None:
+    """Replica 0's invalidation is all replica 1 sees: an expiry of 0 in Redis.
+
+    Normal-mode stable_token still returns the old token (WeChat thinks it valid), so
+    replica 1 must refresh as after a rejection (forced), not store the old one again.
+    """
+    old = (await three.token(0)).access_token
+    assert await redis_client.hset(app_key(three.app_id, "token"), "expires_ms", 0) == 0
+    fresh = await three.token(1)
+    assert fresh.access_token != old
+    stats = three.sim.stats()["apps"][three.app_id]["stable_token"]
+    assert stats["forced"] == 1
 
 
 async def test_forced_refreshes_obey_wechats_limits(one: World) -> None:

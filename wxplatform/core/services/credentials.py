@@ -83,7 +83,7 @@ class CredentialManager:
                 # Still valid: answer now, refresh in the background ahead of expiry.
                 self._start(app, stored, None)
                 return credential
-        return await self._wait(self._start(app, stored, None), deadline)
+        return await self._wait(self._start(app, stored, _rejected(stored)), deadline)
 
     async def invalidate(
         self, app: AppConfig, value: str, *, deadline: float
@@ -104,7 +104,7 @@ class CredentialManager:
         """Refresh ahead of expiry (the background loop); nothing for an unused app."""
         stored = await self._store.read(app.app_id)
         if stored is not None and stored.expires_ms / 1000 - self._clock.now() <= REFRESH_MARGIN:
-            await self._wait(self._start(app, stored, None), deadline)
+            await self._wait(self._start(app, stored, _rejected(stored)), deadline)
 
     def _start(
         self, app: AppConfig, stale: StoredCredential | None, rejected: str | None
@@ -196,3 +196,13 @@ class CredentialManager:
         if left <= 5 or (unchanged and left <= REFRESH_MARGIN):
             return None
         return Credential(current.value, current.expires_ms / 1000)
+
+
+def _rejected(stored: StoredCredential | None) -> str | None:
+    """The stored value if it was invalidated (expiry 0: WeChat rejected it).
+
+    A refresh after an invalidation seen on another replica must treat the value as
+    rejected too: in normal mode `stable_token` hands the same token back while WeChat
+    still thinks it valid, and storing it again would hand a refused token out anew.
+    """
+    return stored.value if stored is not None and stored.expires_ms == 0 else None
