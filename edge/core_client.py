@@ -47,6 +47,7 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 _MAX_BATCH = 256  # deliveries per stream message (each is a few KiB at most)
 _CLOSE_WAIT = 5.0  # seconds `close` waits for answers to deliveries already sent
+_HEADERS = 1.0  # seconds the first write waits for core to accept the stream
 
 Response = ingress_service_pb2.DeliverMessageResponse
 
@@ -104,6 +105,14 @@ class _Stream:
 
     async def _write(self) -> None:
         try:
+            # Core sends its headers when it accepts the stream. Writing before them could
+            # race a refusal, which grpc then reports as a failed write (INTERNAL) instead
+            # of core's status (UNAUTHENTICATED, or UNIMPLEMENTED from an older core).
+            with contextlib.suppress(TimeoutError):  # a core that sends them late: go on
+                await asyncio.wait_for(asyncio.shield(self._call.initial_metadata()), _HEADERS)
+            if self._call.done():
+                self._fail(await self._call.code(), await self._call.details() or "")
+                return
             while True:
                 first = await self._queue.get()
                 if first is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as redis
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -24,6 +25,7 @@ from acme.wxplatform.v1 import passive_reply_pb2 as pr
 from edge.core_client import CoreClient
 from edge.errors import CoreRejected, CoreUnavailable
 from tests.core.helpers import text_message
+from tests.support import app_table, make_settings, new_app_id, running_stack
 from wxplatform.config import Secret
 
 
@@ -50,6 +52,7 @@ class PlayCore(ingress_service_pb2_grpc.IngressServiceServicer):
     ) -> AsyncIterator[ingress.DeliverStreamResponse]:
         self.streams += 1
         self.metadata.append(dict(context.invocation_metadata() or ()))
+        await context.send_initial_metadata(())  # as core does: the stream is accepted
         async for request in requests:
             self.batches.append(len(request.deliveries))
             self.received.set()
@@ -247,3 +250,17 @@ async def test_an_older_core_gets_unary_calls() -> None:
     finally:
         await client.close()
         await server.stop(None)
+
+
+async def test_a_refused_stream_reports_cores_status(redis_client: redis.Redis) -> None:
+    """A wrong credential: core refuses the stream when it opens, and says why."""
+    settings = make_settings(app_table(new_app_id()))
+    async with running_stack(settings, redis_client) as stack:
+        client = CoreClient(f"127.0.0.1:{stack.core.port}", Secret("not-the-edge-credential"))
+        try:
+            for _ in range(3):  # every new stream is refused alike
+                with pytest.raises(CoreUnavailable) as caught:
+                    await deliver(client, "hello")
+                assert caught.value.reason == "core_unauthenticated"
+        finally:
+            await client.close()

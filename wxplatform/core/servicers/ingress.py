@@ -63,6 +63,9 @@ class IngressServicer(pb_grpc.IngressServiceServicer):
         requests: AsyncIterator[pb.DeliverStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.DeliverStreamResponse]:
+        # Headers at once: the edge waits for them before its first write, so a refused
+        # stream reaches it as its real status, not as a failed write.
+        await context.send_initial_metadata(())
         stream = _DeliveryStream(self._service, self._stopping)
         async for response in stream.run(requests):
             yield response
