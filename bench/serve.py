@@ -156,12 +156,18 @@ async def _two_workers(
             settings = _pointed_at_core(settings, spec, core.port)
             core_args = ["--core-port", str(core.port)]
         stub = None if with_core else cast(CoreClient, StubCore(REPLY))
+        # One worker per CPU, as `[edge] processes` is meant to be used; core, Redis and
+        # the load generator float over both.
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            os.sched_setaffinity(0, {cpus[0]})
         edge = await start_edge(settings, listen="127.0.0.1:0", core=stub, reuse_port=True)
         stack.push_async_callback(edge.stop, 1.0)
         worker = ServerProcess(
             "edge-worker",
             spec_path,
             workdir / "worker",
+            cpu=cpus[1] if len(cpus) >= 2 else None,
             extra_args=["--port", str(edge.port), *core_args],
         )
         await asyncio.to_thread(worker.start)
