@@ -159,7 +159,10 @@ class _Stream:
             return
         error = result.error
         code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
-        reason = error_reason_pb2.ErrorReason.Name(error.reason).removeprefix("ERROR_REASON_")
+        try:
+            reason = error_reason_pb2.ErrorReason.Name(error.reason).removeprefix("ERROR_REASON_")
+        except ValueError:  # a reason newer than this edge: not final, so it is spooled
+            reason = ""
         future.set_exception(_failure(code, reason, error.message))
 
     def _fail(self, code: grpc.StatusCode, details: str) -> None:

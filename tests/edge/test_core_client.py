@@ -77,6 +77,10 @@ class PlayCore(ingress_service_pb2_grpc.IngressServiceServicer):
                     message="replayed",
                 )
             )
+        elif text == "future":  # a reason this edge does not know yet
+            result.error.code = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            result.error.reason = 9999  # type: ignore[assignment]
+            result.error.message = "something new"
         elif text == "bad":
             result.error.CopyFrom(
                 ingress.DeliveryError(
@@ -149,6 +153,9 @@ async def test_in_band_errors_are_typed(core: tuple[PlayCore, CoreClient]) -> No
     with pytest.raises(CoreUnavailable) as unavailable:
         await deliver(client, "bad")
     assert unavailable.value.reason == "core_unavailable"
+    with pytest.raises(CoreUnavailable) as unknown:
+        await deliver(client, "future")
+    assert unknown.value.reason == "core_failed_precondition"
     assert (await deliver(client, "fine")).reply.text.content == "re: fine"
 
 
