@@ -15,9 +15,11 @@ and are retried.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -45,7 +47,11 @@ _FINAL = {
 }
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
-_MAX_BATCH = 256  # deliveries per stream message (each is a few KiB at most)
+_MAX_BATCH = 256  # deliveries per stream message
+_MAX_BATCH_BYTES = 1 << 20  # and bytes: core takes messages of up to 4 MiB
+_MAX_QUEUED = 5_000  # deliveries waiting to be written; beyond, the stream is stuck
+_STUCK_AFTER = 16  # deadlines passed in a row with no answer at all: reopen the stream
+_UNARY_RECHECK = 60.0  # seconds between looks for DeliverStream on a core that had none
 _CLOSE_WAIT = 5.0  # seconds `close` waits for answers to deliveries already sent
 _HEADERS = 1.0  # seconds the first write waits for core to accept the stream
 
@@ -77,31 +83,65 @@ class _Stream:
 
     def __init__(self, call: Any) -> None:
         self._call = call
-        self._queue: asyncio.Queue[ingress_service_pb2.StreamedDelivery | None] = asyncio.Queue()
+        self._queue: collections.deque[ingress_service_pb2.StreamedDelivery] = collections.deque()
+        self._queued = asyncio.Event()
+        self._closing = False
         self._pending: dict[int, asyncio.Future[Response]] = {}
         self._ids = itertools.count(1)
+        self._unanswered = 0  # deadlines passed since the last result of any delivery
         self.broken = False
         self.ended_with: grpc.StatusCode | None = None
         self._writer = asyncio.create_task(self._write(), name="core-stream-writer")
         self._reader = asyncio.create_task(self._read(), name="core-stream-reader")
 
     def submit(
-        self, request: ingress_service_pb2.DeliverMessageRequest, request_id: str
+        self, request: ingress_service_pb2.DeliverMessageRequest, request_id: str, timeout: float
     ) -> tuple[int, asyncio.Future[Response]]:
         """Queue one delivery: its id, and a future for core's response or the error."""
+        if len(self._queue) >= _MAX_QUEUED:
+            raise CoreUnavailable("core_backlog", "too many deliveries waiting to be written")
         delivery_id = next(self._ids)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[delivery_id] = future
-        self._queue.put_nowait(
+        self._queue.append(
             ingress_service_pb2.StreamedDelivery(
-                id=delivery_id, request=request, request_id=request_id
+                id=delivery_id,
+                request=request,
+                request_id=request_id,
+                timeout_ms=max(int(timeout * 1000), 1),
             )
         )
+        self._queued.set()
         return delivery_id, future
 
     def forget(self, delivery_id: int) -> None:
-        """Stop waiting for a delivery (its deadline passed); a late answer is dropped."""
+        """Its deadline passed: a late answer is dropped, and it is not written if queued.
+
+        Many deadlines in a row with no answer at all mean a stream that is open but
+        stuck (core hung, a half-dead connection): it is abandoned, and the next
+        delivery opens a new one.
+        """
         self._pending.pop(delivery_id, None)
+        self._unanswered += 1
+        if self._unanswered >= _STUCK_AFTER and not self.broken:
+            log.warning("no answer on the delivery stream; opening a new one")
+            self._call.cancel()
+            self._fail(grpc.StatusCode.UNAVAILABLE, "no answer from core on this stream")
+
+    def _next_batch(self) -> list[ingress_service_pb2.StreamedDelivery]:
+        """Queued deliveries still awaited, up to the count and size caps of one message."""
+        batch: list[ingress_service_pb2.StreamedDelivery] = []
+        size = 0
+        while self._queue and len(batch) < _MAX_BATCH:
+            item = self._queue[0]
+            if item.id not in self._pending:  # its deadline passed while it waited
+                self._queue.popleft()
+                continue
+            size += item.ByteSize()
+            if batch and size > _MAX_BATCH_BYTES:
+                break
+            batch.append(self._queue.popleft())
+        return batch
 
     async def _write(self) -> None:
         try:
@@ -114,20 +154,18 @@ class _Stream:
                 self._fail(await self._call.code(), await self._call.details() or "")
                 return
             while True:
-                first = await self._queue.get()
-                if first is None:
-                    await self._call.done_writing()
-                    return
+                await self._queued.wait()
                 # One loop turn for deliveries of pushes read in the same turn to join.
                 await asyncio.sleep(0)
-                batch = [first]
-                while len(batch) < _MAX_BATCH and not self._queue.empty():
-                    item = self._queue.get_nowait()
-                    if item is None:
-                        self._queue.put_nowait(None)  # close after this batch
-                        break
-                    batch.append(item)
-                await self._call.write(ingress_service_pb2.DeliverStreamRequest(deliveries=batch))
+                batch = self._next_batch()
+                if not self._queue:
+                    self._queued.clear()
+                if batch:
+                    request = ingress_service_pb2.DeliverStreamRequest(deliveries=batch)
+                    await self._call.write(request)
+                elif self._closing:
+                    await self._call.done_writing()
+                    return
         except grpc.aio.AioRpcError as exc:
             self._fail(exc.code(), exc.details() or "")
         except (asyncio.InvalidStateError, grpc.aio.UsageError):
@@ -139,6 +177,7 @@ class _Stream:
                 response = await self._call.read()
                 if response is grpc.aio.EOF:
                     break
+                self._unanswered = 0
                 for result in response.results:
                     self._settle(result)
             code = await self._call.code()
@@ -181,7 +220,8 @@ class _Stream:
     async def close(self) -> None:
         """Finish writing, wait a little for outstanding answers, then cancel."""
         if not self.broken:
-            self._queue.put_nowait(None)
+            self._closing = True
+            self._queued.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._reader), _CLOSE_WAIT)
         self._call.cancel()
@@ -208,13 +248,22 @@ class CoreClient:
         self._stub = ingress_service_pb2_grpc.IngressServiceStub(self._channel)
         self._auth = (("authorization", f"Bearer {credential.reveal()}"),) if credential else ()
         self._stream: _Stream | None = None
-        self._unary = False  # core predates DeliverStream: one unary call per push
+        # Until then one unary call per push: core had no DeliverStream (older version).
+        self._unary_until = 0.0
+
+    def _unary(self) -> bool:
+        """Whether to deliver with unary calls, as for a core that predates the stream."""
+        if self._unary_until and time.monotonic() >= self._unary_until:
+            self._unary_until = 0.0  # look again: core may have been upgraded
+            self._stream = None
+        if self._stream is not None and self._stream.ended_with == _UNIMPLEMENTED:
+            log.warning("core has no DeliverStream; delivering with unary calls for a while")
+            self._unary_until = time.monotonic() + _UNARY_RECHECK
+            self._stream = None
+        return bool(self._unary_until)
 
     def _open(self) -> _Stream:
         if self._stream is None or self._stream.broken:
-            if self._stream is not None and self._stream.ended_with == _UNIMPLEMENTED:
-                log.warning("core has no DeliverStream; delivering with unary calls")
-                self._unary = True
             call = self._stub.DeliverStream(
                 metadata=((REQUEST_ID_METADATA, new_request_id()), *self._auth)
             )
@@ -229,10 +278,10 @@ class CoreClient:
             metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
             raise CoreUnavailable("core_deadline", "no time left in the budget")
         request = ingress_service_pb2.DeliverMessageRequest(app_id=message.app_id, message=message)
-        stream = self._open()
-        if self._unary:
+        if self._unary():
             return await self._deliver_unary(request, timeout, request_id)
-        delivery_id, future = stream.submit(request, request_id)
+        stream = self._open()
+        delivery_id, future = stream.submit(request, request_id, timeout)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

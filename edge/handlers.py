@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import json
@@ -52,6 +51,7 @@ __all__ = [
 
 log = logging.getLogger("wxplatform.edge")
 
+_DEFAULT_BODY_SECONDS = 5.0
 NO_REPLY = b"success"  # stops WeChat's retries and shows the user nothing (PROTOCOL.md §4.2)
 
 
@@ -83,8 +83,27 @@ class InFlight:
         return True
 
 
+@tornado.web.stream_request_body
 class EdgeHandler(tornado.web.RequestHandler):
-    """Base: request id, access log line, and the one `write_error`."""
+    """Base: request id, access log line, the one `write_error`, and the body guard.
+
+    Every handler streams its request body, so none is buffered by Tornado: a body must
+    declare its length (411 otherwise), stay under `body_limit()` (413 before a byte of
+    it is read) and arrive within `body_seconds()` (the connection is dropped after).
+    Handlers other than the callbacks take no body at all.
+    """
+
+    _body_timer: asyncio.TimerHandle | None = None
+    _body: list[bytes] | None = None
+    _size = 0
+
+    def body_limit(self) -> int:
+        """Bytes of body this request may carry."""
+        return 0
+
+    def body_seconds(self) -> float:
+        """How long the body may take to arrive."""
+        return _DEFAULT_BODY_SECONDS
 
     def prepare(self) -> None:
         self.started = time.perf_counter()
@@ -92,6 +111,51 @@ class EdgeHandler(tornado.web.RequestHandler):
         request_id.set(self.request_id)
         self.set_header(REQUEST_ID_HEADER, self.request_id)
         self.set_header("X-Content-Type-Options", "nosniff")
+        self._guard_body()
+
+    def _guard_body(self) -> None:
+        headers = self.request.headers
+        length = headers.get("Content-Length")
+        if length is None:
+            if "Transfer-Encoding" in headers:
+                raise LengthRequired("length_required")
+            return  # no body
+        if not length.isdigit() or int(length) > self.body_limit():
+            raise PayloadTooLarge("body_too_large", f"{length} bytes")
+        if int(length):
+            self._body = []
+            # A body trickling in too slowly (slowloris) must not pin the connection.
+            # One plain timer: Tornado's own `body_timeout` wraps every body read in
+            # `gen.with_timeout`, several times the cost per push.
+            self._body_timer = asyncio.get_running_loop().call_later(
+                self.body_seconds(), self._body_too_slow
+            )
+
+    def data_received(self, chunk: bytes) -> None:
+        # Content-Length bounds the body (checked in prepare); this keeps the invariant.
+        self._size += len(chunk)
+        if self._body is not None and self._size <= self.body_limit():
+            self._body.append(chunk)
+
+    def body(self) -> bytes:
+        """The whole request body (once it has arrived)."""
+        self._stop_body_timer()
+        return b"".join(self._body or ())
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        metrics.REJECTED.labels("body_timeout").inc()
+        log.warning("rejected", extra={"reason": "body_timeout", "status": None})
+        self.request.connection.close()  # type: ignore[union-attr]
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def on_connection_close(self) -> None:
+        self._stop_body_timer()
+        super().on_connection_close()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every failure answers with a short text body: no detail, no stack trace."""
@@ -124,6 +188,7 @@ class EdgeHandler(tornado.web.RequestHandler):
         super().send_error(status_code, **kwargs)
 
     def on_finish(self) -> None:
+        self._stop_body_timer()
         status = self.get_status()
         # Success lines are pure volume at WeChat's rates (metrics count them): DEBUG.
         # Anything else stays visible at INFO.
@@ -176,7 +241,6 @@ _SPOOL_RESERVE = 0.3
 _SIGNATURE_PARAMS = ("signature", "timestamp", "nonce")
 
 
-@tornado.web.stream_request_body
 class CallbackHandler(EdgeHandler):
     """`GET /wx/{app_id}` (URL verification) and `POST /wx/{app_id}` (pushes).
 
@@ -187,50 +251,21 @@ class CallbackHandler(EdgeHandler):
 
     def initialize(self, deps: CallbackDeps) -> None:
         self.deps = deps
-        self._body: list[bytes] = []
-        self._size = 0
-        self._body_timer: asyncio.TimerHandle | None = None
+
+    def body_limit(self) -> int:
+        return self.deps.max_body_bytes if self.request.method == "POST" else 0
+
+    def body_seconds(self) -> float:
+        # A body slower than the push budget cannot be answered in time anyway.
+        return self.deps.budget_seconds
 
     def prepare(self) -> None:
+        if self.request.method == "POST" and "Content-Length" not in self.request.headers:
+            super().prepare()  # request id and headers, for the refusal too
+            raise LengthRequired("length_required")  # WeChat's pushes always declare it
         super().prepare()
-        if self.request.method != "POST":
-            return
-        length = self.request.headers.get("Content-Length")
-        if length is None:
-            raise LengthRequired("length_required")
-        if not length.isdigit() or int(length) > self.deps.max_body_bytes:
-            raise PayloadTooLarge("body_too_large", f"{length} bytes")
-        # A body trickling in slower than the budget cannot be answered in time (and
-        # slowloris connections would pin sockets): hang up when the budget is spent.
-        # One plain timer: Tornado's own `body_timeout` wraps every body read in
-        # `gen.with_timeout`, several times the cost per push.
-        self._body_timer = asyncio.get_running_loop().call_later(
-            self.deps.budget_seconds, self._body_too_slow
-        )
-
-    def _body_too_slow(self) -> None:
-        self._body_timer = None
-        metrics.REJECTED.labels("body_timeout").inc()
-        log.warning("rejected", extra={"reason": "body_timeout", "status": None})
-        self.request.connection.close()  # type: ignore[union-attr]
-
-    def _stop_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-
-    def data_received(self, chunk: bytes) -> None:
-        # Content-Length bounds the body (checked in prepare); this guards the invariant.
-        self._size += len(chunk)
-        if self._size <= self.deps.max_body_bytes:
-            self._body.append(chunk)
-
-    def on_connection_close(self) -> None:
-        self._stop_body_timer()
-        super().on_connection_close()
 
     def on_finish(self) -> None:
-        self._stop_body_timer()
         app_id = self.path_kwargs.get("app_id", "")
         label = app_id if app_id in self.deps.apps else "unknown"
         method = self.request.method or ""
@@ -308,7 +343,7 @@ class CallbackHandler(EdgeHandler):
         params = self._params(_SIGNATURE_PARAMS, ("encrypt_type", "msg_signature", "openid"))
         timestamp = self._check_timestamp(params)
         encrypted = params.get("encrypt_type", "raw") == "aes"
-        body = b"".join(self._body)
+        body = self.body()
         fields, key_index = self._open(app, params, body, encrypted)
         if "MsgType" not in fields and fields.get("action") == "CheckContainerPath":
             self._no_reply()  # WeChat cloud hosting's path probe (PROTOCOL.md §3.3)
@@ -352,9 +387,7 @@ class CallbackHandler(EdgeHandler):
                 "spool write failed; leaving the push to WeChat's retry", extra={"error": str(exc)}
             )
             raise CoreUnavailable("spool_unavailable", str(exc)) from None
-        metrics.SPOOLED.inc()
-        with contextlib.suppress(SpoolUnavailable):  # the push is safe; the gauge can wait
-            metrics.SPOOL_DEPTH.set(await self.deps.spool.depth())
+        metrics.SPOOLED.inc()  # the depth gauge follows within seconds (the replayer)
         log.warning("core unavailable; push spooled", extra={"reason": cause.reason})
         self.deps.replayer.wake()
 

@@ -20,7 +20,7 @@ from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from edge import metrics
 from edge.core_client import CoreClient
 from edge.errors import CoreRejected, CoreUnavailable
-from edge.spool import Spool, SpoolEntry
+from edge.spool import Spool, SpoolEntry, SpoolUnavailable
 from wxplatform.clock import Clock
 from wxplatform.logs import request_id
 
@@ -37,6 +37,7 @@ _REPLAY_TIMEOUT = 5.0
 # pace; should it run out, another worker may replay an entry too (core's dedup makes
 # that harmless).
 _LEASE = 60.0
+_DEPTH_EVERY = 5.0  # seconds between readings of the spool depth
 
 
 class Replayer:
@@ -53,10 +54,23 @@ class Replayer:
         self._stopping = asyncio.Event()
         self._backoff = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._gauge: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start replaying in the background."""
+        """Start replaying in the background, and keeping the depth gauge current."""
         self._task = asyncio.create_task(self._run(), name="edge-spool-replayer")
+        self._gauge = asyncio.create_task(self._watch_depth(), name="edge-spool-depth")
+
+    async def _watch_depth(self) -> None:
+        """The spool's depth every few seconds: off the push path, where a COUNT over a
+        large spool (during an outage) would eat into WeChat's 5 s."""
+        while not self._stopping.is_set():
+            try:
+                metrics.SPOOL_DEPTH.set(await self._spool.depth())
+            except SpoolUnavailable:
+                log.warning("spool depth unavailable")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), _DEPTH_EVERY)
 
     def wake(self) -> None:
         """Something was spooled: look again soon (after any backoff)."""
@@ -66,9 +80,10 @@ class Replayer:
         """Finish the entry in progress, then stop."""
         self._stopping.set()
         self._wake.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._gauge):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run(self) -> None:
         metrics.SPOOL_DEPTH.set(await self._spool.depth())

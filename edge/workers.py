@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,10 @@ class _Worker:
     index: int
     process: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
-    pause: float = _RESTART_START
+    pause: float = _RESTART_START  # before the next restart, should it die
+    # Set while the worker is dead: when to start it again. A time rather than a wait,
+    # so that the loop keeps watching the other workers (and SIGTERM) meanwhile.
+    restart_at: float | None = None
 
 
 def supervise(
@@ -48,9 +50,17 @@ def supervise(
     """Run `count` workers (`command` starts one) until SIGTERM/SIGINT; 0 if all drained."""
     metrics_dir = tempfile.mkdtemp(prefix="wxp-edge-metrics-")
     env = {**environ, METRICS_DIR_ENV: metrics_dir}
-    stopping = threading.Event()
+    # A plain flag, not a threading.Event: the handler runs in the main thread between
+    # two bytecodes, possibly while that thread holds the event's lock inside wait(),
+    # and set() would then wait for that lock forever. time.sleep() is safe to interrupt.
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
+        signal.signal(sig, on_signal)
 
     def start(index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(list(command), env=env)
@@ -58,47 +68,62 @@ def supervise(
     workers = [_Worker(i, start(i)) for i in range(count)]
     log.info("edge workers started", extra={"workers": [w.process.pid for w in workers]})
     try:
-        while not stopping.wait(_POLL):
+        while not stopping:
+            time.sleep(_POLL)
             for worker in workers:
-                _restart_if_dead(worker, start, metrics_dir, stopping)
+                _tend(worker, start, metrics_dir, time.monotonic())
         return _drain(workers, grace_seconds)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _restart_if_dead(
+def _tend(
     worker: _Worker,
     start: Callable[[int], subprocess.Popen[bytes]],
     metrics_dir: str,
-    stopping: threading.Event,
+    now: float,
 ) -> None:
+    """Notice a worker's death (once), and restart it when its pause is over."""
+    if worker.restart_at is not None:
+        if now >= worker.restart_at:
+            worker.process = start(worker.index)
+            worker.started, worker.restart_at = now, None
+        return
     code = worker.process.poll()
     if code is None:
         return
     mark_process_dead(worker.process.pid, metrics_dir)  # type: ignore[no-untyped-call]
-    ran = time.monotonic() - worker.started
-    if ran >= _HEALTHY_AFTER:
+    if now - worker.started >= _HEALTHY_AFTER:
         worker.pause = _RESTART_START
     log.error(
         "edge worker exited; restarting it",
         extra={"worker": worker.index, "code": code, "pause_s": worker.pause},
     )
-    if stopping.wait(worker.pause):
-        return  # asked to stop meanwhile: nothing to restart
-    worker.pause = min(worker.pause * 2, _RESTART_CAP)
-    worker.process = start(worker.index)
-    worker.started = time.monotonic()
+    worker.restart_at = now + worker.pause
+    worker.pause = min(worker.pause * 2, _RESTART_CAP)  # in case it dies again soon
 
 
 def _drain(workers: list[_Worker], grace_seconds: float) -> int:
-    """SIGTERM every worker, wait for them to finish their pushes, kill the stragglers."""
-    log.info("draining edge workers", extra={"grace_s": grace_seconds})
+    """SIGTERM every worker, wait for them to finish their pushes, kill the stragglers.
+
+    Only the workers running when the drain begins count for the exit code: one that
+    died earlier is logged as any dead worker, and its restart is simply not made.
+    """
+    running = []
     for worker in workers:
-        if worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGTERM)
+        if worker.restart_at is not None:
+            continue  # dead and already logged
+        code = worker.process.poll()
+        if code is None:
+            running.append(worker)
+        else:  # died since the last look
+            log.error("edge worker exited", extra={"worker": worker.index, "code": code})
+    log.info("draining edge workers", extra={"workers": len(running), "grace_s": grace_seconds})
+    for worker in running:
+        worker.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
     clean = True
-    for worker in workers:
+    for worker in running:
         try:
             code = worker.process.wait(max(deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired:

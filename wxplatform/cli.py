@@ -44,7 +44,9 @@ async def run_core(settings: Settings) -> None:
         await client.aclose()
 
 
-async def run_edge(settings: Settings, *, worker_of: str | None = None) -> None:
+async def run_edge(
+    settings: Settings, *, worker_of: str | None = None, supervisor: int | None = None
+) -> None:
     """Serve the edge until SIGTERM/SIGINT, then finish in-flight pushes.
 
     `worker_of`: this process is one worker of a multi-process edge, and the path is
@@ -53,9 +55,29 @@ async def run_edge(settings: Settings, *, worker_of: str | None = None) -> None:
     from edge.app import start_edge
 
     stop = stop_on_signals()
-    edge = await start_edge(settings, reuse_port=worker_of is not None, metrics_dir=worker_of)
-    await stop.wait()
-    await edge.stop()
+    # The supervisor's pid as it told us: a worker orphaned while still starting up
+    # (before this line) notices too.
+    parent = supervisor or os.getppid()
+
+    async def stop_when_orphaned() -> None:
+        # The supervisor drains its workers on SIGTERM; killed outright (SIGKILL, OOM),
+        # it leaves them serving the port with nobody to restart or stop them. Its
+        # workers are then re-parented (to init or a subreaper): drain as on SIGTERM.
+        while True:
+            await asyncio.sleep(1)
+            if os.getppid() != parent:
+                break
+        log.warning("edge supervisor gone; draining this worker", extra={"parent": parent})
+        stop.set()
+
+    watch = asyncio.create_task(stop_when_orphaned()) if worker_of is not None else None
+    try:
+        edge = await start_edge(settings, reuse_port=worker_of is not None, metrics_dir=worker_of)
+        await stop.wait()
+        await edge.stop()
+    finally:
+        if watch is not None:
+            watch.cancel()
 
 
 def edge_command(settings: Settings, config: str | None, environ: dict[str, str]) -> int:
@@ -67,14 +89,15 @@ def edge_command(settings: Settings, config: str | None, environ: dict[str, str]
         return 0
     from edge.workers import METRICS_DIR_ENV, supervise
 
-    if METRICS_DIR_ENV in environ and "WXP_EDGE_WORKER" in environ:
-        asyncio.run(run_edge(settings, worker_of=environ[METRICS_DIR_ENV]))
+    if METRICS_DIR_ENV in environ and environ.get("WXP_EDGE_WORKER", "").isdigit():
+        supervisor = int(environ["WXP_EDGE_WORKER"])
+        asyncio.run(run_edge(settings, worker_of=environ[METRICS_DIR_ENV], supervisor=supervisor))
         return 0
     command = [sys.executable, "-m", "wxplatform", *(["--config", config] if config else [])]
     return supervise(
         settings.edge.processes,
         [*command, "edge"],
-        {**environ, "WXP_EDGE_WORKER": "1"},
+        {**environ, "WXP_EDGE_WORKER": str(os.getpid())},
         # Each worker has the push budget to finish in flight, then closes its streams.
         grace_seconds=settings.edge.budget_seconds + 10,
     )

@@ -152,8 +152,11 @@ class Grant:
     def allows(self, app_id: str, service: str, method: str) -> bool:
         """Whether this grant covers `method` of `service` for `app_id`."""
         app_ok = "*" in self.apps or app_id in self.apps
-        rpc_ok = bool({"*", f"{service}/*", f"{service}/{method}"} & self.rpcs)
-        return app_ok and rpc_ok
+        return app_ok and self.names(service, method)
+
+    def names(self, service: str, method: str) -> bool:
+        """Whether this grant covers `method` of `service` for some app."""
+        return bool({"*", f"{service}/*", f"{service}/{method}"} & self.rpcs)
 
 
 @dataclass(frozen=True)

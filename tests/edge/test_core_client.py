@@ -271,3 +271,28 @@ async def test_a_refused_stream_reports_cores_status(redis_client: redis.Redis) 
                 assert caught.value.reason == "core_unauthenticated"
         finally:
             await client.close()
+
+
+async def test_big_pushes_are_split_over_stream_messages(
+    core: tuple[PlayCore, CoreClient],
+) -> None:
+    """120 pushes of 40 KB in one turn: more than core takes in one message (4 MiB)."""
+    play, client = core
+    texts = [f"{n:03d}" + "x" * 40_000 for n in range(120)]
+    responses = await asyncio.gather(*(deliver(client, t) for t in texts))
+    assert [r.reply.text.content for r in responses] == [f"re: {t}" for t in texts]
+    assert sum(play.batches) == 120
+    assert max(play.batches) <= 27  # 1 MiB of 40 KB deliveries per stream message
+    assert play.streams == 1
+
+
+async def test_a_stream_that_stopped_answering_is_replaced(
+    core: tuple[PlayCore, CoreClient],
+) -> None:
+    play, client = core
+    # "slow" holds the first stream's only reader: nothing after it gets an answer.
+    for n in range(16):
+        with pytest.raises(CoreUnavailable):
+            await deliver(client, "slow" if n == 0 else f"stuck {n}", timeout=0.1)
+    assert (await deliver(client, "after")).reply.text.content == "re: after"
+    assert play.streams == 2

@@ -993,6 +993,36 @@ async def test_slow_body_is_cut_off(quick_stack: Stack, redis_client: redis.Redi
     assert await delivered(stack, redis_client) == 0
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("PUT", "/wx/{app}", {"Content-Length": "100"}, 413),
+        ("GET", "/wx/{app}", {"Content-Length": "100"}, 413),
+        ("POST", "/healthz", {"Content-Length": "100"}, 413),
+        ("POST", "/metrics", {"Content-Length": "100"}, 413),
+        ("POST", "/nowhere", {"Content-Length": "1000000000"}, 413),
+        ("POST", "/healthz", {"Transfer-Encoding": "chunked"}, 411),
+    ],
+)
+async def test_no_handler_buffers_or_waits_for_a_body_it_does_not_take(
+    stack: Stack, method: str, path: str, headers: dict[str, str], status: int
+) -> None:
+    """Only pushes carry bodies: anywhere else a body is refused before it is read, so
+    neither a large one (memory) nor a slow one (slowloris) can be sent to the edge."""
+    assert stack.edge is not None
+    target = path.format(app=app(stack, "wxplain").app_id)
+    head = "\r\n".join(
+        [
+            f"{method} {target} HTTP/1.1",
+            "Host: 127.0.0.1",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
+    )
+    # Only the head is sent: the answer must not wait for a body that never comes.
+    response = await raw_exchange(stack.edge.port, (head + "\r\n\r\n").encode())
+    assert response.status == status
+
+
 # --- accepted: unknown types, retries; refused: replays -----------------------------
 
 

@@ -2,7 +2,8 @@
 
 The CLI in a subprocess (the supervisor and its worker processes), core in this test's
 process on the session's Redis: every push is answered, `/metrics` on either worker
-counts the pushes of both, a worker that dies is replaced, and SIGTERM drains them all.
+counts the pushes of both, a worker that dies is replaced, SIGTERM drains them all (even
+while a dead worker waits for its restart), and killing the supervisor stops its workers.
 """
 
 from __future__ import annotations
@@ -152,3 +153,33 @@ async def test_a_dead_worker_is_replaced_and_sigterm_drains_all(two_workers: Wor
     two_workers.supervisor.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(two_workers.supervisor.wait, 30) == 0
     assert not [pid for pid in workers if alive(pid)]
+
+
+async def test_sigterm_right_after_a_worker_dies_drains_at_once(two_workers: Workers) -> None:
+    # The supervisor notices the death either before the SIGTERM (the worker then waits
+    # for its restart) or at the drain: either way the drain neither waits for the
+    # restart pause nor counts the dead worker, so it is clean.
+    victim, survivor = two_workers.workers()
+    os.kill(victim, signal.SIGKILL)
+    two_workers.supervisor.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(two_workers.supervisor.wait, 30) == 0
+    assert not [pid for pid in (victim, survivor) if alive(pid)]
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(two_workers: Workers) -> None:
+    workers = two_workers.workers()
+    two_workers.supervisor.kill()  # no drain from it: the workers notice it is gone
+    await asyncio.to_thread(two_workers.supervisor.wait, 30)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not any(alive(pid) for pid in workers):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the orphaned workers did not stop")
+    finally:  # do not leave them serving the port for the other tests
+        for pid in workers:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 __all__ = ["ScriptBatcher"]
@@ -50,6 +51,18 @@ class ScriptBatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _execute(self, batch: list[_Call]) -> None:
+        try:
+            await self._send(batch)
+        finally:  # cancelled (shutdown): nobody may wait forever
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(RedisConnectionError("script call abandoned"))
+
+    async def _send(self, batch: list[_Call]) -> None:
+        # A caller that gave up before its call went out: its script does not run.
+        batch = [call for call in batch if not call[3].done()]
+        if not batch:
+            return
         if len(batch) == 1:
             script, keys, args, future = batch[0]
             await _settle(future, script(keys=keys, args=args))

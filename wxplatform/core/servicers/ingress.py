@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,7 @@ log = logging.getLogger("wxplatform.core.ingress")
 # stream, and gRPC's flow control holds the sender back.
 MAX_IN_FLIGHT = 256
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 
 
 def _response(app_id: str, result: Delivered) -> pb.DeliverMessageResponse:
@@ -116,9 +118,10 @@ class _DeliveryStream:
     async def _read(self, requests: AsyncIterator[pb.DeliverStreamRequest]) -> None:
         try:
             async for request in self._until_stopping(requests):
+                read_at = time.monotonic()
                 for delivery in request.deliveries:
                     await self._slots.acquire()
-                    task = asyncio.create_task(self._deliver(delivery))
+                    task = asyncio.create_task(self._deliver(delivery, read_at))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
             while self._tasks:  # the ones already taken are answered, also when draining
@@ -146,10 +149,19 @@ class _DeliveryStream:
         finally:
             stopping.cancel()
 
-    async def _deliver(self, delivery: pb.StreamedDelivery) -> None:
+    async def _deliver(self, delivery: pb.StreamedDelivery, read_at: float) -> None:
         request_id.set(delivery.request_id or new_request_id())
         app_id = delivery.request.app_id
         result = pb.StreamedResult(id=delivery.id)
+        waited = time.monotonic() - read_at
+        if delivery.timeout_ms and waited * 1000 > delivery.timeout_ms:
+            # The sender gave up on it (and spooled the push): spend nothing on it now.
+            self._slots.release()
+            result.error.CopyFrom(
+                pb.DeliveryError(code=_DEADLINE_EXCEEDED, message="waited past its timeout in core")
+            )
+            self._results.put_nowait(result)
+            return
         try:
             if self._authorize is None:  # no auth interceptor ran: default deny
                 raise CallerNotAuthorized("stream opened without caller authentication")

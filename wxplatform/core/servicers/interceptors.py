@@ -315,6 +315,10 @@ class CallerAuth(_HandlerWrapper):
         ) -> AsyncIterator[Any]:
             caller = self._authenticate(method, context)
             assert caller is not None  # public services are never wrapped as bidi
+            _, service, name = split_method(method)
+            if not any(g.names(service, name) for g in caller.grants):
+                # No grant names the RPC for any app: refuse the stream itself.
+                raise CallerNotAuthorized(f"caller {caller.name!r} may not call {service}/{name}")
             stream_authorizer.set(lambda app_id: self._check(caller, method, app_id))
             async for item in behavior(requests, context):
                 yield item

@@ -27,7 +27,7 @@ from acme.wxplatform.v1 import inbound_message_pb2 as acme_dot_wxplatform_dot_v1
 from acme.wxplatform.v1 import passive_reply_pb2 as acme_dot_wxplatform_dot_v1_dot_passive__reply__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(acme/wxplatform/v1/ingress_service.proto\x12\x12\x61\x63me.wxplatform.v1\x1a%acme/wxplatform/v1/error_reason.proto\x1a(acme/wxplatform/v1/inbound_message.proto\x1a&acme/wxplatform/v1/passive_reply.proto\"\\\n\x15\x44\x65liverMessageRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x33\n\x07message\x18\x02 \x01(\x0b\x32\".acme.wxplatform.v1.InboundMessage\"o\n\x16\x44\x65liverMessageResponse\x12/\n\x05reply\x18\x01 \x01(\x0b\x32 .acme.wxplatform.v1.PassiveReply\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x11\n\tdedup_key\x18\x03 \x01(\t\"P\n\x14\x44\x65liverStreamRequest\x12\x38\n\ndeliveries\x18\x01 \x03(\x0b\x32$.acme.wxplatform.v1.StreamedDelivery\"n\n\x10StreamedDelivery\x12\n\n\x02id\x18\x01 \x01(\x04\x12:\n\x07request\x18\x02 \x01(\x0b\x32).acme.wxplatform.v1.DeliverMessageRequest\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"L\n\x15\x44\x65liverStreamResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".acme.wxplatform.v1.StreamedResult\"\x9b\x01\n\x0eStreamedResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12>\n\x08response\x18\x02 \x01(\x0b\x32*.acme.wxplatform.v1.DeliverMessageResponseH\x00\x12\x32\n\x05\x65rror\x18\x03 \x01(\x0b\x32!.acme.wxplatform.v1.DeliveryErrorH\x00\x42\t\n\x07outcome\"_\n\rDeliveryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.acme.wxplatform.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t2\xe3\x01\n\x0eIngressService\x12g\n\x0e\x44\x65liverMessage\x12).acme.wxplatform.v1.DeliverMessageRequest\x1a*.acme.wxplatform.v1.DeliverMessageResponse\x12h\n\rDeliverStream\x12(.acme.wxplatform.v1.DeliverStreamRequest\x1a).acme.wxplatform.v1.DeliverStreamResponse(\x01\x30\x01\x42!Z\x1f\x61\x63me/wxplatform/v1;wxplatformv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(acme/wxplatform/v1/ingress_service.proto\x12\x12\x61\x63me.wxplatform.v1\x1a%acme/wxplatform/v1/error_reason.proto\x1a(acme/wxplatform/v1/inbound_message.proto\x1a&acme/wxplatform/v1/passive_reply.proto\"\\\n\x15\x44\x65liverMessageRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x33\n\x07message\x18\x02 \x01(\x0b\x32\".acme.wxplatform.v1.InboundMessage\"o\n\x16\x44\x65liverMessageResponse\x12/\n\x05reply\x18\x01 \x01(\x0b\x32 .acme.wxplatform.v1.PassiveReply\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x11\n\tdedup_key\x18\x03 \x01(\t\"P\n\x14\x44\x65liverStreamRequest\x12\x38\n\ndeliveries\x18\x01 \x03(\x0b\x32$.acme.wxplatform.v1.StreamedDelivery\"\x82\x01\n\x10StreamedDelivery\x12\n\n\x02id\x18\x01 \x01(\x04\x12:\n\x07request\x18\x02 \x01(\x0b\x32).acme.wxplatform.v1.DeliverMessageRequest\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"L\n\x15\x44\x65liverStreamResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".acme.wxplatform.v1.StreamedResult\"\x9b\x01\n\x0eStreamedResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12>\n\x08response\x18\x02 \x01(\x0b\x32*.acme.wxplatform.v1.DeliverMessageResponseH\x00\x12\x32\n\x05\x65rror\x18\x03 \x01(\x0b\x32!.acme.wxplatform.v1.DeliveryErrorH\x00\x42\t\n\x07outcome\"_\n\rDeliveryError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.acme.wxplatform.v1.ErrorReason\x12\x0f\n\x07message\x18\x03 \x01(\t2\xe3\x01\n\x0eIngressService\x12g\n\x0e\x44\x65liverMessage\x12).acme.wxplatform.v1.DeliverMessageRequest\x1a*.acme.wxplatform.v1.DeliverMessageResponse\x12h\n\rDeliverStream\x12(.acme.wxplatform.v1.DeliverStreamRequest\x1a).acme.wxplatform.v1.DeliverStreamResponse(\x01\x30\x01\x42!Z\x1f\x61\x63me/wxplatform/v1;wxplatformv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,14 +41,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELIVERMESSAGERESPONSE']._serialized_end=390
   _globals['_DELIVERSTREAMREQUEST']._serialized_start=392
   _globals['_DELIVERSTREAMREQUEST']._serialized_end=472
-  _globals['_STREAMEDDELIVERY']._serialized_start=474
-  _globals['_STREAMEDDELIVERY']._serialized_end=584
-  _globals['_DELIVERSTREAMRESPONSE']._serialized_start=586
-  _globals['_DELIVERSTREAMRESPONSE']._serialized_end=662
-  _globals['_STREAMEDRESULT']._serialized_start=665
-  _globals['_STREAMEDRESULT']._serialized_end=820
-  _globals['_DELIVERYERROR']._serialized_start=822
-  _globals['_DELIVERYERROR']._serialized_end=917
-  _globals['_INGRESSSERVICE']._serialized_start=920
-  _globals['_INGRESSSERVICE']._serialized_end=1147
+  _globals['_STREAMEDDELIVERY']._serialized_start=475
+  _globals['_STREAMEDDELIVERY']._serialized_end=605
+  _globals['_DELIVERSTREAMRESPONSE']._serialized_start=607
+  _globals['_DELIVERSTREAMRESPONSE']._serialized_end=683
+  _globals['_STREAMEDRESULT']._serialized_start=686
+  _globals['_STREAMEDRESULT']._serialized_end=841
+  _globals['_DELIVERYERROR']._serialized_start=843
+  _globals['_DELIVERYERROR']._serialized_end=938
+  _globals['_INGRESSSERVICE']._serialized_start=941
+  _globals['_INGRESSSERVICE']._serialized_end=1168
 # @@protoc_insertion_point(module_scope)

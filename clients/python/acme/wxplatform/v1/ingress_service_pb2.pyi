@@ -116,12 +116,18 @@ class StreamedDelivery(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Chosen by the sender, unique among its deliveries not yet answered on this
     stream.
     """
     request_id: _builtins.str
     """The request id for logs (what `x-request-id` carries on a unary call)."""
+    timeout_ms: _builtins.int
+    """How long the sender waits for the result, in milliseconds; 0 for no limit.
+    Core answers DEADLINE_EXCEEDED without processing a delivery that waited in
+    core longer than this (the sender has given up on it and retries later).
+    """
     @_builtins.property
     def request(self) -> Global___DeliverMessageRequest:
         """What `DeliverMessage` would take."""
@@ -132,10 +138,11 @@ class StreamedDelivery(_message.Message):
         id: _builtins.int = ...,
         request: Global___DeliverMessageRequest | None = ...,
         request_id: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request", "request_id", b"request_id", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
