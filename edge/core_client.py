@@ -87,6 +87,7 @@ class _Stream:
         self._queued = asyncio.Event()
         self._closing = False
         self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._deadlines: dict[int, float] = {}  # of the pending, by id (monotonic)
         self._ids = itertools.count(1)
         self._unanswered = 0  # deadlines passed since the last result of any delivery
         self.broken = False
@@ -103,12 +104,10 @@ class _Stream:
         delivery_id = next(self._ids)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[delivery_id] = future
+        self._deadlines[delivery_id] = time.monotonic() + timeout
         self._queue.append(
             ingress_service_pb2.StreamedDelivery(
-                id=delivery_id,
-                request=request,
-                request_id=request_id,
-                timeout_ms=max(int(timeout * 1000), 1),
+                id=delivery_id, request=request, request_id=request_id
             )
         )
         self._queued.set()
@@ -122,6 +121,7 @@ class _Stream:
         delivery opens a new one.
         """
         self._pending.pop(delivery_id, None)
+        self._deadlines.pop(delivery_id, None)
         self._unanswered += 1
         if self._unanswered >= _STUCK_AFTER and not self.broken:
             log.warning("no answer on the delivery stream; opening a new one")
@@ -132,6 +132,7 @@ class _Stream:
         """Queued deliveries still awaited, up to the count and size caps of one message."""
         batch: list[ingress_service_pb2.StreamedDelivery] = []
         size = 0
+        now = time.monotonic()
         while self._queue and len(batch) < _MAX_BATCH:
             item = self._queue[0]
             if item.id not in self._pending:  # its deadline passed while it waited
@@ -140,6 +141,8 @@ class _Stream:
             size += item.ByteSize()
             if batch and size > _MAX_BATCH_BYTES:
                 break
+            # What is left of its time, as it leaves: core skips it if it waits longer.
+            item.timeout_ms = max(int((self._deadlines[item.id] - now) * 1000), 1)
             batch.append(self._queue.popleft())
         return batch
 
@@ -158,8 +161,8 @@ class _Stream:
                 # One loop turn for deliveries of pushes read in the same turn to join.
                 await asyncio.sleep(0)
                 batch = self._next_batch()
-                if not self._queue:
-                    self._queued.clear()
+                if not self._queue and not self._closing:
+                    self._queued.clear()  # closing: come round again to half-close
                 if batch:
                     request = ingress_service_pb2.DeliverStreamRequest(deliveries=batch)
                     await self._call.write(request)
@@ -189,6 +192,7 @@ class _Stream:
             self._fail(exc.code(), exc.details() or "")
 
     def _settle(self, result: ingress_service_pb2.StreamedResult) -> None:
+        self._deadlines.pop(result.id, None)
         future = self._pending.pop(result.id, None)
         if future is None or future.done():
             return  # its deadline passed: the push went to the spool
@@ -209,6 +213,7 @@ class _Stream:
         self.broken = True
         self.ended_with = self.ended_with or code
         pending, self._pending = self._pending, {}
+        self._deadlines.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(
@@ -281,9 +286,15 @@ class CoreClient:
         if self._unary():
             return await self._deliver_unary(request, timeout, request_id)
         stream = self._open()
+        deadline = time.monotonic() + timeout
         delivery_id, future = stream.submit(request, request_id, timeout)
         try:
             return await asyncio.wait_for(future, timeout)
+        except CoreUnavailable as exc:
+            if exc.reason != "core_unimplemented" or not self._unary():
+                raise
+            # Core turned out to predate the stream: this delivery goes unary at once.
+            return await self._deliver_unary(request, deadline - time.monotonic(), request_id)
         except TimeoutError:
             stream.forget(delivery_id)
             metrics.CORE_CALLS.labels(grpc.StatusCode.DEADLINE_EXCEEDED.name).inc()
@@ -296,6 +307,9 @@ class CoreClient:
         request_id: str,
     ) -> Response:
         """`DeliverMessage`, for a core that is older than the delivery stream."""
+        if timeout <= 0:
+            metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
+            raise CoreUnavailable("core_deadline", "no time left in the budget")
         try:
             response: Response = await self._stub.DeliverMessage(
                 request, timeout=timeout, metadata=((REQUEST_ID_METADATA, request_id), *self._auth)

@@ -120,7 +120,9 @@ class EdgeHandler(tornado.web.RequestHandler):
             if "Transfer-Encoding" in headers:
                 raise LengthRequired("length_required")
             return  # no body
-        if not length.isdigit() or int(length) > self.body_limit():
+        if not (length.isascii() and length.isdigit()):  # "²".isdigit() is True
+            raise BadParameters("bad_content_length")
+        if int(length) > self.body_limit():
             raise PayloadTooLarge("body_too_large", f"{length} bytes")
         if int(length):
             self._body = []

@@ -55,9 +55,11 @@ async def run_edge(
     from edge.app import start_edge
 
     stop = stop_on_signals()
-    # The supervisor's pid as it told us: a worker orphaned while still starting up
-    # (before this line) notices too.
-    parent = supervisor or os.getppid()
+    parent = os.getppid()
+    if supervisor is not None and parent != supervisor and not _alive(supervisor):
+        # Orphaned while still starting up (the supervisor told us its pid): go no further.
+        log.warning("edge supervisor gone before this worker started", extra={"parent": supervisor})
+        return
 
     async def stop_when_orphaned() -> None:
         # The supervisor drains its workers on SIGTERM; killed outright (SIGKILL, OOM),
@@ -78,6 +80,16 @@ async def run_edge(
     finally:
         if watch is not None:
             watch.cancel()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def edge_command(settings: Settings, config: str | None, environ: dict[str, str]) -> int:

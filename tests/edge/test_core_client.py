@@ -8,6 +8,7 @@ deadlines, batching, a broken stream, reopening, closing.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +45,7 @@ class PlayCore(ingress_service_pb2_grpc.IngressServiceServicer):
         self.metadata: list[dict[str, Any]] = []
         self.release = asyncio.Event()
         self.received = asyncio.Event()
+        self.ended = asyncio.Event()  # the edge half-closed the stream
 
     async def DeliverStream(
         self,
@@ -65,6 +67,7 @@ class PlayCore(ingress_service_pb2_grpc.IngressServiceServicer):
                     await self.release.wait()
                 results.append(self._answer(delivery, text))
             yield ingress.DeliverStreamResponse(results=results)
+        self.ended.set()
 
     @staticmethod
     def _answer(delivery: ingress.StreamedDelivery, text: str) -> ingress.StreamedResult:
@@ -247,9 +250,8 @@ async def test_an_older_core_gets_unary_calls() -> None:
     await server.start()
     client = CoreClient(f"127.0.0.1:{port}", Secret("edge-secret"))
     try:
-        with pytest.raises(CoreUnavailable) as first:
-            await deliver(client, "first")  # the stream is refused: spooled, replayed later
-        assert first.value.reason == "core_unimplemented"
+        # The stream is refused (UNIMPLEMENTED): this delivery and the next go unary.
+        assert (await deliver(client, "first")).reply.text.content == "unary: first"
         assert (await deliver(client, "second")).reply.text.content == "unary: second"
         with pytest.raises(CoreRejected) as rejected:
             await deliver(client, "replayed")
@@ -296,3 +298,18 @@ async def test_a_stream_that_stopped_answering_is_replaced(
             await deliver(client, "slow" if n == 0 else f"stuck {n}", timeout=0.1)
     assert (await deliver(client, "after")).reply.text.content == "re: after"
     assert play.streams == 2
+
+
+async def test_close_half_closes_with_deliveries_still_queued(
+    core: tuple[PlayCore, CoreClient],
+) -> None:
+    play, client = core
+    waiting = [asyncio.create_task(deliver(client, f"late {n}")) for n in range(3)]
+    await asyncio.sleep(0)  # submitted, not yet written
+    started = time.monotonic()
+    await client.close()
+    # Half-closed as soon as they were written and answered: well before close's 5 s
+    # wait for a stream that does not end (the generous bound is for a noisy machine).
+    assert time.monotonic() - started < 4.0
+    assert play.ended.is_set()
+    assert [(await w).reply.text.content for w in waiting] == [f"re: late {n}" for n in range(3)]
