@@ -24,6 +24,7 @@ from tests.support import (
     new_app_id,
     running_stack,
 )
+from wxplatform.core import metrics
 
 
 def delivery(number: int, app_id: str, text: str, msg_id: str) -> ingress.StreamedDelivery:
@@ -118,8 +119,13 @@ async def test_every_delivery_is_authorized_for_its_own_app(redis_client: redis.
     assert results[2].response.reply.text.content == "hi there"  # the batch goes on
 
 
+def refused(reason: str) -> float:
+    return float(metrics.INGRESS_REFUSED.labels(reason)._value.get())
+
+
 async def test_a_bad_delivery_fails_alone(redis_client: redis.Redis) -> None:
     app_id = new_app_id()
+    invalid_before, unknown_before = refused("INVALID_REQUEST"), refused("APP_NOT_FOUND")
     async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
         stub = ingress_service_pb2_grpc.IngressServiceStub(stack.channel)
         bad = delivery(1, app_id, "hello", "1")
@@ -135,6 +141,8 @@ async def test_a_bad_delivery_fails_alone(redis_client: redis.Redis) -> None:
         )
     assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert reason(results[1]) == "INVALID_REQUEST"
+    assert refused("INVALID_REQUEST") - invalid_before == 1
+    assert refused("APP_NOT_FOUND") - unknown_before == 1
     assert "app_id" in results[1].error.message
     assert reason(results[2]) == "APP_NOT_FOUND"
     assert results[3].response.reply.text.content == "hi there"

@@ -11,6 +11,7 @@ from wxplatform.config import split_address
 
 __all__ = [
     "INGRESS_MESSAGES",
+    "INGRESS_REFUSED",
     "RPC_DURATION",
     "RPC_TOTAL",
     "SERVING",
@@ -32,6 +33,12 @@ INGRESS_MESSAGES = Counter(
     "wxp_core_ingress_messages_total",
     "Inbound messages delivered by the edge, by app and outcome (new, duplicate).",
     ["app_id", "outcome"],
+)
+INGRESS_REFUSED = Counter(
+    "wxp_core_ingress_refused_total",
+    "Deliveries on the edge's stream that core refused, by reason (an ErrorReason name,"
+    " or DEADLINE_EXCEEDED for one that waited past its timeout).",
+    ["reason"],
 )
 SERVING = Gauge("wxp_core_serving", "1 while core accepts calls, 0 while draining.")
 

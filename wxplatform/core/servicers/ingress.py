@@ -157,6 +157,7 @@ class _DeliveryStream:
         if delivery.timeout_ms and waited * 1000 > delivery.timeout_ms:
             # The sender gave up on it (and spooled the push): spend nothing on it now.
             self._slots.release()
+            metrics.INGRESS_REFUSED.labels("DEADLINE_EXCEEDED").inc()
             result.error.CopyFrom(
                 pb.DeliveryError(code=_DEADLINE_EXCEEDED, message="waited past its timeout in core")
             )
@@ -180,6 +181,7 @@ class _DeliveryStream:
                     },
                 )
         except WxPlatformError as exc:
+            metrics.INGRESS_REFUSED.labels(exc.reason).inc()
             log.info(
                 "delivery refused",
                 extra={
@@ -190,6 +192,7 @@ class _DeliveryStream:
             )
             result.error.CopyFrom(_error(exc))
         except Exception:
+            metrics.INGRESS_REFUSED.labels("INTERNAL").inc()
             log.exception("unhandled error in a streamed delivery", extra={"app_id": app_id})
             result.error.CopyFrom(pb.DeliveryError(code=_INTERNAL, message="internal error"))
         finally:
