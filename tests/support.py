@@ -7,6 +7,7 @@ run against a shared Redis (`WXP_TEST_REDIS_URL`) without flushing it.
 from __future__ import annotations
 
 import secrets
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,13 @@ EDGE_CREDENTIAL = "edge-credential-" + secrets.token_hex(8)
 TEAM_CREDENTIAL = "team-credential-" + secrets.token_hex(8)
 OTHER_CREDENTIAL = "other-credential-" + secrets.token_hex(8)
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # wechatpy's test key (vectors.json)
+
+
+def free_port() -> int:
+    """A loopback port free right now (for processes that need a fixed one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def new_app_id(prefix: str = "wxt") -> str:

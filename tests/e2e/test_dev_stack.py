@@ -27,16 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from acme.wxplatform.v1 import token_service_pb2, token_service_pb2_grpc
+from tests.support import free_port
 from wxplatform.devconfig import PLAIN_APP, SAFE_APP, DevPorts, render_dev_config
 from wxplatform.wechat.signature import sign
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

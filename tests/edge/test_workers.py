@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,17 +25,12 @@ import redis.asyncio as redis
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.edge.signing import push_request, text_fields
+from tests.support import free_port
 from wxplatform.config import parse_settings
 from wxplatform.core.server import create_server
 from wxplatform.devconfig import PLAIN_APP, DevPorts, render_dev_config
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
