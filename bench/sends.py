@@ -140,25 +140,13 @@ async def _sim(spec: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def _core(spec: dict[str, Any], workdir: Path) -> AsyncIterator[dict[str, Any]]:
-    from wxplatform.core.adapters.redis_client import connect
-    from wxplatform.core.server import create_server
-    from wxplatform.embedded_redis import EmbeddedRedis
+    from bench.serve import core_on_embedded_redis
     from wxplatform.logs import configure_logging
 
     settings = _settings(spec)
     configure_logging("core", settings.log_level)
-    redis_server = EmbeddedRedis(workdir / "redis")
-    url = await asyncio.to_thread(redis_server.start)
-    client = connect(url)
-    try:
-        core = await create_server(settings, client, listen="127.0.0.1:0", serve_metrics=False)
-        try:
-            yield {"port": core.port, "redis": url}
-        finally:
-            await core.stop()
-    finally:
-        await client.aclose()
-        await asyncio.to_thread(redis_server.stop)
+    async with core_on_embedded_redis(settings, workdir) as (port, url):
+        yield {"port": port, "redis": url}
 
 
 async def _echo_handler(request: bytes, context: Any) -> bytes:

@@ -34,7 +34,7 @@ from bench.stub import StubCore
 from wxplatform.config import Settings
 from wxplatform.logs import configure_logging
 
-__all__ = ["KINDS", "main"]
+__all__ = ["KINDS", "core_on_embedded_redis", "main"]
 
 # `core` and `edge-worker` are children of the stack and of the two-worker kinds.
 KINDS = ("baseline", "edge", "stack", "edge2", "stack2", "core", "edge-worker")
@@ -90,8 +90,11 @@ async def _edge_with_stub(settings: Settings) -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def _core(settings: Settings, workdir: Path) -> AsyncIterator[int]:
-    """Core on a free port, on its own embedded redis-server (a child process)."""
+async def core_on_embedded_redis(
+    settings: Settings, workdir: Path
+) -> AsyncIterator[tuple[int, str]]:
+    """Core on a free port, on its own embedded redis-server (a child process): the
+    port and Redis's URL."""
     from wxplatform.core.adapters.redis_client import connect
     from wxplatform.core.server import create_server
     from wxplatform.embedded_redis import EmbeddedRedis
@@ -102,12 +105,18 @@ async def _core(settings: Settings, workdir: Path) -> AsyncIterator[int]:
     try:
         core = await create_server(settings, client, listen="127.0.0.1:0", serve_metrics=False)
         try:
-            yield core.port
+            yield core.port, url
         finally:
             await core.stop()
     finally:
         await client.aclose()
         await asyncio.to_thread(redis_server.stop)
+
+
+@contextlib.asynccontextmanager
+async def _core(settings: Settings, workdir: Path) -> AsyncIterator[int]:
+    async with core_on_embedded_redis(settings, workdir) as (port, _):
+        yield port
 
 
 @contextlib.asynccontextmanager
