@@ -69,6 +69,12 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
     return ""
 
 
+def _check_budget(timeout: float) -> None:
+    if timeout <= 0:
+        metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
+        raise CoreUnavailable("core_deadline", "no time left in the budget")
+
+
 def _failure(code: grpc.StatusCode, reason: str, details: str) -> CoreRejected | CoreUnavailable:
     """The edge's error for a delivery core did not accept."""
     metrics.CORE_CALLS.labels(code.name).inc()
@@ -279,9 +285,7 @@ class CoreClient:
         self, message: inbound_message_pb2.InboundMessage, *, timeout: float, request_id: str
     ) -> Response:
         """Deliver one message; raises `CoreRejected` or `CoreUnavailable` on failure."""
-        if timeout <= 0:
-            metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
-            raise CoreUnavailable("core_deadline", "no time left in the budget")
+        _check_budget(timeout)
         request = ingress_service_pb2.DeliverMessageRequest(app_id=message.app_id, message=message)
         if self._unary():
             return await self._deliver_unary(request, timeout, request_id)
@@ -307,9 +311,7 @@ class CoreClient:
         request_id: str,
     ) -> Response:
         """`DeliverMessage`, for a core that is older than the delivery stream."""
-        if timeout <= 0:
-            metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
-            raise CoreUnavailable("core_deadline", "no time left in the budget")
+        _check_budget(timeout)
         try:
             response: Response = await self._stub.DeliverMessage(
                 request, timeout=timeout, metadata=((REQUEST_ID_METADATA, request_id), *self._auth)

@@ -51,6 +51,11 @@ async def test_core_down_spools_then_replays_each_once(redis_client: redis.Redis
         assert await stack.edge.deps.spool.depth() == 4
         assert await redis_client.xlen(events) == 0
 
+        async def gauge_shows(depth: int) -> bool:  # read off the push path, within seconds
+            return bool(metrics.SPOOL_DEPTH._value.get() == depth)
+
+        await wait_for(lambda: gauge_shows(4))
+
         restarted = await create_server(
             settings, redis_client, listen=f"127.0.0.1:{port}", serve_metrics=False
         )
@@ -61,6 +66,7 @@ async def test_core_down_spools_then_replays_each_once(redis_client: redis.Redis
 
             await wait_for(drained)
             assert await redis_client.xlen(events) == 3
+            await wait_for(lambda: gauge_shows(0))
         finally:
             await restarted.stop()
 
