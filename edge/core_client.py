@@ -293,7 +293,8 @@ class CoreClient:
         deadline = time.monotonic() + timeout
         delivery_id, future = stream.submit(request, request_id, timeout)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         except CoreUnavailable as exc:
             if exc.reason != "core_unimplemented" or not self._unary():
                 raise
