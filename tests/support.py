@@ -196,6 +196,19 @@ __all__ = [
 ]
 
 
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """The `google.rpc.RetryInfo` delay (seconds) a failed call carries, if any."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None
+
+
 def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
     """The `google.rpc.ErrorInfo` (reason, metadata) carried by a failed call."""
     from google.rpc import error_details_pb2, status_pb2

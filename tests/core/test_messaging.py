@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -23,10 +24,13 @@ from tests.support import (
     error_info,
     make_settings,
     new_app_id,
+    retry_delay,
     running_simulator,
     running_stack,
 )
+from wxplatform.clock import Clock, ManualClock
 from wxplatform.sim import WeChatSimulator, original_id, text_message
+from wxplatform.sim.messages import event_message
 
 FOLLOWER = "oFollower00000000000000001"
 TEMPLATE_API = "/cgi-bin/message/template/send"
@@ -91,7 +95,7 @@ def template_request(app_id: str, key: str, **fields: Any) -> pb.SendTemplateReq
 
 
 async def environment(
-    redis_client: redis.Redis, replicas: int = 1, **oa: Any
+    redis_client: redis.Redis, replicas: int = 1, clock: Clock | None = None, **oa: Any
 ) -> AsyncIterator[Env]:
     oa_id, mini_id = new_app_id("wxoa"), new_app_id("wxmini")
     settings = make_settings(
@@ -105,12 +109,16 @@ async def environment(
         ),
     )
     async with AsyncExitStack() as stack:
-        sim, settings = await stack.enter_async_context(running_simulator(settings))
+        sim, settings = await stack.enter_async_context(running_simulator(settings, clock))
         stacks = [
-            await stack.enter_async_context(running_stack(settings, redis_client, with_edge=True))
+            await stack.enter_async_context(
+                running_stack(settings, redis_client, with_edge=True, clock=clock)
+            )
         ]
         for _ in range(replicas - 1):
-            stacks.append(await stack.enter_async_context(running_stack(settings, redis_client)))
+            stacks.append(
+                await stack.enter_async_context(running_stack(settings, redis_client, clock=clock))
+            )
         sim.set_callback_url(oa_id, stacks[0].edge_url)
         sim.add_template(oa_id, "TPL_ORDER", "template", ["keyword1", "keyword2"])
         sim.add_template(oa_id, "SUB_NOTICE", "subscribe", ["thing1"])
@@ -266,13 +274,53 @@ async def test_a_timeout_after_sending_is_recorded_as_unknown(env: Env) -> None:
     assert env.calls(TEMPLATE_API) == 1
 
 
-async def test_daily_quota_opens_a_circuit(env: Env) -> None:
+@pytest.fixture
+async def clocked(redis_client: redis.Redis) -> AsyncIterator[tuple[Env, ManualClock]]:
+    clock = ManualClock()
+    async for e in environment(redis_client, clock=clock):
+        yield e, clock
+
+
+def _to_beijing_midnight(now: float) -> float:
+    return (now + 8 * 3600) // 86400 * 86400 + 86400 - 8 * 3600 - now
+
+
+async def test_daily_quota_opens_a_circuit(clocked: tuple[Env, ManualClock]) -> None:
+    env, clock = clocked
     env.sim.add_fault(TEMPLATE_API, errcode=45009)
     first = await failure(env.template("q1"))
     assert first.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    until_reset = _to_beijing_midnight(clock.now())
+    assert retry_delay(first) == pytest.approx(until_reset, abs=2)
     second = await failure(env.template("q2"))
     assert error_info(second)[0] == "WECHAT_DAILY_QUOTA_EXHAUSTED"
+    assert retry_delay(second) == pytest.approx(until_reset, abs=2)
     assert env.calls(TEMPLATE_API) == 1  # no call while the circuit is open
+    # WeChat did not act on the message: after the reset the same key sends it.
+    clock.advance(until_reset + 1)
+    assert (await env.template("q1")).status == pb.DELIVERY_STATUS_SENT
+    assert env.calls(TEMPLATE_API) == 2
+
+
+async def test_wechats_rate_limit_leaves_the_key_usable(env: Env) -> None:
+    env.sim.add_fault(TEMPLATE_API, errcode=45011)
+    refused = await failure(env.template("busy-1"))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(refused)[0] == "WECHAT_RATE_LIMITED"
+    assert retry_delay(refused) == 60
+    delivery = await env.template("busy-1")  # the caller retries as RetryInfo says
+    assert delivery.status == pb.DELIVERY_STATUS_SENT
+    assert env.calls(TEMPLATE_API) == 2
+    assert len(env.sim.sent(env.oa)) == 1
+
+
+async def test_a_gateway_page_on_a_template_send_is_retried(env: Env) -> None:
+    """Resending is safe: WeChat drops a second send with the same client_msg_id."""
+    env.sim.add_fault(TEMPLATE_API, body="<html>502 Bad Gateway</html>")
+    delivery = await env.template("page-1")
+    assert delivery.status == pb.DELIVERY_STATUS_SENT
+    assert env.calls(TEMPLATE_API) == 2
+    assert len(env.sim.sent(env.oa)) == 1
 
 
 async def test_rate_limit(redis_client: redis.Redis) -> None:
@@ -314,6 +362,32 @@ async def test_customer_messages_need_an_open_window(env: Env) -> None:
     for n in range(5):
         assert (await env.customer(f"c{n + 1}", f"answer {n}")).status == pb.DELIVERY_STATUS_SENT
     error = await failure(env.customer("c6", "one too many"))
+    assert error_info(error)[0] == "WINDOW_QUOTA_EXHAUSTED"
+    assert env.calls(CUSTOM_API) == 5
+
+
+async def test_an_unfollow_closes_the_window(env: Env) -> None:
+    edge, to = env.stacks[0].edge_url, original_id(env.oa)
+    assert (await env.sim.push(env.oa, edge, text_message(to, FOLLOWER, "hi"))).ok
+    assert (await env.customer("w1", "welcome")).status == pb.DELIVERY_STATUS_SENT
+    assert (await env.sim.push(env.oa, edge, event_message(to, FOLLOWER, "unsubscribe"))).ok
+    error = await failure(env.customer("w2", "still there?"))
+    assert error_info(error)[0] == "WINDOW_CLOSED"
+    assert env.calls(CUSTOM_API) == 1
+
+
+async def test_a_late_older_interaction_does_not_restore_used_quota(env: Env) -> None:
+    """A push replayed late (from the edge's spool) opens no fresher window than it had."""
+    edge, to = env.stacks[0].edge_url, original_id(env.oa)
+    now = int(time.time())
+    assert (await env.sim.push(env.oa, edge, text_message(to, FOLLOWER, "new", 2, now))).ok
+    for n in range(3):
+        await env.customer(f"l{n}", "answer")
+    late = text_message(to, FOLLOWER, "older", 1, now - 100)
+    assert (await env.sim.push(env.oa, edge, late)).ok
+    for n in range(3, 5):  # the newer window's last two sends
+        await env.customer(f"l{n}", "answer")
+    error = await failure(env.customer("l5", "one too many"))
     assert error_info(error)[0] == "WINDOW_QUOTA_EXHAUSTED"
     assert env.calls(CUSTOM_API) == 5
 

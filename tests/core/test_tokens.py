@@ -13,8 +13,10 @@ import grpc
 import pytest
 import redis.asyncio as redis
 
+from acme.wxplatform.v1 import messaging_service_pb2 as pb_messaging
 from acme.wxplatform.v1 import token_service_pb2 as pb
 from acme.wxplatform.v1 import token_service_pb2_grpc
+from tests.core.test_messaging import TEMPLATE_API, Env, environment, failure
 from tests.support import (
     TEAM_CREDENTIAL,
     Stack,
@@ -23,6 +25,7 @@ from tests.support import (
     error_info,
     make_settings,
     new_app_id,
+    retry_delay,
     running_simulator,
     running_stack,
 )
@@ -73,6 +76,12 @@ async def world(redis_client: redis.Redis, replicas: int = 1, **app: Any) -> Asy
 async def one(redis_client: redis.Redis) -> AsyncIterator[World]:
     async for w in world(redis_client):
         yield w
+
+
+@pytest.fixture
+async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
+    async for e in environment(redis_client, clock=ManualClock()):
+        yield e
 
 
 @pytest.fixture
@@ -169,20 +178,99 @@ async def test_a_token_invalidated_on_another_replica_is_never_handed_out_again(
     assert stats["forced"] == 1
 
 
+async def _invalidate(w: World, token: str) -> pb.InvalidateAccessTokenResponse:
+    response: pb.InvalidateAccessTokenResponse = await w.stub().InvalidateAccessToken(
+        pb.InvalidateAccessTokenRequest(app_id=w.app_id, access_token=token),
+        metadata=bearer(TEAM_CREDENTIAL),
+    )
+    return response
+
+
 async def test_forced_refreshes_obey_wechats_limits(one: World) -> None:
     first = (await one.token()).access_token
-    stub, meta = one.stub(), bearer(TEAM_CREDENTIAL)
-    second = await stub.InvalidateAccessToken(
-        pb.InvalidateAccessTokenRequest(app_id=one.app_id, access_token=first), metadata=meta
-    )
+    second = await _invalidate(one, first)
     assert second.invalidated
+    assert second.access_token != first
     with pytest.raises(grpc.aio.AioRpcError) as caught:  # a second force within 30 s
-        await stub.InvalidateAccessToken(
-            pb.InvalidateAccessTokenRequest(app_id=one.app_id, access_token=second.access_token),
-            metadata=meta,
-        )
+        await _invalidate(one, second.access_token)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(caught.value)[0] == "TOKEN_REFRESH_LIMITED"
+    assert retry_delay(caught.value) == pytest.approx(30, abs=1)
+    # The refused report takes nothing out of service: WeChat still hands the token out.
+    assert (await one.token()).access_token == second.access_token
+    assert (await one.token(0)).access_token == second.access_token
+    one.clock.advance(31)
+    third = await _invalidate(one, second.access_token)
+    assert third.invalidated
+    assert third.access_token not in (first, second.access_token)
+    assert one.sim.stats()["apps"][one.app_id]["stable_token"]["forced"] == 2
+
+
+async def test_past_the_daily_cap_of_forced_refreshes_the_token_stays_in_service(
+    one: World,
+) -> None:
+    now = one.clock.now()
+    one.clock.advance((now + 8 * 3600) // 86400 * 86400 + 86400 - 8 * 3600 - now + 60)
+    token = (await one.token()).access_token  # just after a Beijing midnight: one whole day
+    for _ in range(20):
+        answer = await _invalidate(one, token)
+        assert answer.invalidated
+        assert answer.access_token != token
+        token = answer.access_token
+        one.clock.advance(31)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _invalidate(one, token)
+    assert error_info(caught.value)[0] == "TOKEN_REFRESH_LIMITED"
+    delay = retry_delay(caught.value)
+    assert delay is not None
+    assert 86400 - 60 - 20 * 31 - 5 < delay <= 86400 - 60 - 20 * 31  # until Beijing midnight
+    assert (await one.token()).access_token == token
+
+
+async def test_a_forced_refresh_without_an_answer_is_a_token_failure(env: Env) -> None:
+    """A send whose token WeChat rejected, and whose forced refresh got no answer, was
+    never sent: its key stays usable instead of being recorded as an unknown outcome."""
+    await env.template("warm-up")
+    env.sim.add_fault(TEMPLATE_API, errcode=40001)
+    # The refresh asks in normal mode (the same token comes back), then forces.
+    env.sim.add_fault("/cgi-bin/stable_token", latency_ms=1, times=1)
+    env.sim.add_fault("/cgi-bin/stable_token", reset=True, times=1)
+    refused = await failure(env.template("after-a-lost-refresh"))
+    assert error_info(refused)[0] == "WECHAT_UNAVAILABLE"
+    assert len(env.sim.sent(env.oa)) == 1  # the warm-up only
+    env.sim.advance_clock(31)  # the next forced refresh is allowed
+    delivery = await env.template("after-a-lost-refresh")
+    assert delivery.status == pb_messaging.DELIVERY_STATUS_SENT
+    assert len(env.sim.sent(env.oa)) == 2
+
+
+async def test_one_failing_app_does_not_stop_the_background_refresh(
+    redis_client: redis.Redis,
+) -> None:
+    stale, fine = new_app_id("wxstale"), new_app_id("wxfine")
+    settings = make_settings(app_table(stale), app_table(fine))
+    clock = ManualClock()
+    async with (
+        running_simulator(settings, clock) as (sim, settings),
+        running_stack(settings, redis_client, clock=clock) as stack,
+    ):
+        stub = token_service_pb2_grpc.TokenServiceStub(stack.channel)
+        for app_id in (stale, fine):
+            await stub.GetAccessToken(
+                pb.GetAccessTokenRequest(app_id=app_id), metadata=bearer(TEAM_CREDENTIAL)
+            )
+        sim.reset_secret(stale)  # core's copy of the first app's AppSecret is now wrong
+        clock.advance(7200 - 200)  # both tokens are due for their refresh
+        await stack.core.tokens.keep_fresh()
+        issued = {a: sim.stats()["apps"][a]["stable_token"]["issued"] for a in (stale, fine)}
+        assert issued == {stale: 1, fine: 2}
+
+
+async def test_a_gateway_page_on_a_token_fetch_is_retried(one: World) -> None:
+    one.sim.add_fault("/cgi-bin/stable_token", body="<html>502 Bad Gateway</html>")
+    assert (await one.token()).access_token
+    assert len(one.sim.requests("/cgi-bin/stable_token")) == 2
+    assert one.issued() == 1
 
 
 async def test_classic_mode_uses_cgi_bin_token(redis_client: redis.Redis) -> None:
@@ -200,7 +288,11 @@ async def test_classic_mode_uses_cgi_bin_token(redis_client: redis.Redis) -> Non
         ({"errcode": 40013}, grpc.StatusCode.FAILED_PRECONDITION, "APP_CREDENTIALS_REJECTED"),
         ({"errcode": -1, "times": 10}, grpc.StatusCode.UNAVAILABLE, "WECHAT_UNAVAILABLE"),
         ({"http_status": 502, "times": 10}, grpc.StatusCode.UNAVAILABLE, "WECHAT_UNAVAILABLE"),
-        ({"body": "<html>maintenance</html>"}, grpc.StatusCode.UNAVAILABLE, "WECHAT_BAD_RESPONSE"),
+        (
+            {"body": "<html>maintenance</html>", "times": 10},
+            grpc.StatusCode.UNAVAILABLE,
+            "WECHAT_BAD_RESPONSE",
+        ),
     ],
 )
 async def test_wechat_failures_map_to_typed_errors(

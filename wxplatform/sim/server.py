@@ -8,7 +8,9 @@ it who the users are and what they did; the send endpoints answer from that.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -18,7 +20,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
 from wxplatform.clock import Clock, ManualClock, SystemClock
-from wxplatform.config import AppConfig
+from wxplatform.config import AppConfig, Secret
 from wxplatform.sim.api import NotFoundHandler, api_routes
 from wxplatform.sim.callbacks import DEFAULT_CALLBACK_DELAY, CallbackQueue, CallbackRecord
 from wxplatform.sim.control import DEFAULT_OPENID, control_routes
@@ -270,6 +272,16 @@ class WeChatSimulator:
         if app is None:
             raise KeyError(f"unknown app {app_id!r}")
         return app
+
+    def reset_secret(self, app_id: str) -> str:
+        """A new AppSecret for the app, as a reset in WeChat's console gives; returns it.
+
+        Token requests with the old secret fail from now on; tokens already issued keep
+        working until they expire.
+        """
+        secret = secrets.token_hex(16)
+        self.apps[app_id] = dataclasses.replace(self._app(app_id), app_secret=Secret(secret))
+        return secret
 
     def set_user(
         self,

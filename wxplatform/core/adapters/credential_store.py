@@ -58,17 +58,18 @@ return 0
 """
 
 # KEYS: force-refresh record. ARGV: now ms, day number, min gap ms, daily limit.
-# → 1 allowed (and recorded), 0 too soon, -1 daily limit reached.
+# → 0 allowed (and recorded), -1 daily limit reached, else ms until the gap has passed.
 _FORCE = """
 local last = tonumber(redis.call('HGET', KEYS[1], 'last_ms') or '0')
 local day = tonumber(redis.call('HGET', KEYS[1], 'day') or '-1')
 local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
 if day ~= tonumber(ARGV[2]) then count = 0 end
-if tonumber(ARGV[1]) - last < tonumber(ARGV[3]) then return 0 end
 if count >= tonumber(ARGV[4]) then return -1 end
+local wait = last + tonumber(ARGV[3]) - tonumber(ARGV[1])
+if wait > 0 then return wait end
 redis.call('HSET', KEYS[1], 'last_ms', ARGV[1], 'day', ARGV[2], 'count', count + 1)
 redis.call('PEXPIRE', KEYS[1], 2 * 86400 * 1000)
-return 1
+return 0
 """
 
 
@@ -142,6 +143,10 @@ class CredentialStore:
     async def allow_forced_refresh(
         self, app_id: str, now_ms: int, day: int, *, gap_ms: int, per_day: int
     ) -> int:
-        """Record a forced refresh if WeChat's limits allow: 1 yes, 0 too soon, -1 daily cap."""
+        """Record a forced refresh if WeChat's limits allow.
+
+        0: allowed (and recorded); -1: the daily cap is reached; else the milliseconds
+        until the minimum gap since the last forced refresh has passed.
+        """
         key = app_key(app_id, self._kind, "force")
         return int(await self._run(self._force, [key], [now_ms, day, gap_ms, per_day]))

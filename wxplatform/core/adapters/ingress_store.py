@@ -29,7 +29,10 @@ _WINDOW_KEY_TTL_MS = (48 * 3600 + 60) * 1000  # the longest window (48 h) and a 
 
 # KEYS: dedup key, nonce key ("" = none), event stream, window hash.
 # ARGV: body digest, nonce ttl ms, reply, dedup ttl ms, retention, message, msg_type,
-#       event, window key ttl ms, then window field/value pairs.
+#       event, window key ttl ms, "1" to close every window first (an unfollow), then
+#       window kind / "<expires ms>:<quota>" pairs. A grant replaces a window of its kind
+#       only if it ends later: a late push (replayed from the edge's spool) must not
+#       hand back the quota a newer interaction's window has used.
 _ACCEPT = """
 if KEYS[2] ~= '' then
   local seen = redis.call('GET', KEYS[2])
@@ -41,9 +44,13 @@ if stored then return {'seen', stored} end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
                       'm', ARGV[6], 't', ARGV[7], 'e', ARGV[8])
-if #ARGV > 9 then
-  redis.call('HSET', KEYS[4], unpack(ARGV, 10))
-  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+if ARGV[10] == '1' then redis.call('DEL', KEYS[4]) end
+for i = 11, #ARGV, 2 do
+  local held = redis.call('HGET', KEYS[4], ARGV[i])
+  if not held or tonumber(string.match(held, '^%d+')) < tonumber(string.match(ARGV[i + 1], '^%d+')) then
+    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1], ARGV[i] .. ':used', 0)
+    redis.call('PEXPIRE', KEYS[4], ARGV[9])
+  end
 end
 return {'new', id}
 """
@@ -77,6 +84,7 @@ class Accepted:
     openid: str
     windows: Sequence[WindowGrant]
     now_ms: int
+    close_windows: bool = False  # the user unfollowed: no window stays open
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,7 @@ class IngressStore:
         window_args: list[bytes | str | int] = []
         for grant in accepted.windows:
             expires_ms = accepted.now_ms + grant.seconds * 1000
-            window_args += [grant.kind, f"{expires_ms}:{grant.quota}", f"{grant.kind}:used", 0]
+            window_args += [grant.kind, f"{expires_ms}:{grant.quota}"]
         keys = [
             app_key(app_id, "dedup", dedup_key),
             app_key(app_id, "nonce", str(replay.timestamp), replay.nonce) if replay else "",
@@ -135,6 +143,7 @@ class IngressStore:
             accepted.event,
             # Never shorten the window key's life: it also holds the user's longer windows.
             _WINDOW_KEY_TTL_MS,
+            "1" if accepted.close_windows else "0",
             *window_args,
         ]
         try:

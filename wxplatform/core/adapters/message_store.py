@@ -49,8 +49,11 @@ if seen then
   return {kind, rest}
 end
 redis.call('SET', KEYS[1], 'pending:' .. ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[4])
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl > 0 then redis.call('DEL', KEYS[1]); return {'circuit', tostring(ttl)} end
+local open_until = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if open_until > tonumber(ARGV[6]) then
+  redis.call('DEL', KEYS[1])
+  return {'circuit', tostring(open_until - tonumber(ARGV[6]))}
+end
 local count = redis.call('INCR', KEYS[3])
 if count == 1 then redis.call('PEXPIRE', KEYS[3], 2000) end
 if count > tonumber(ARGV[5]) then
@@ -307,8 +310,9 @@ class MessageStore:
     async def trip_circuit(self, app_id: str, api: str, until_ms: int, now_ms: int) -> None:
         """Stop calling `api` for this app until `until_ms` (WeChat's daily quota is gone)."""
         try:
+            # The value is the end (the service's clock); the TTL only cleans up.
             await self._redis.set(
-                app_key(app_id, "circuit", api), b"45009", px=max(until_ms - now_ms, 1000)
+                app_key(app_id, "circuit", api), until_ms, px=max(until_ms - now_ms, 1000) + 60_000
             )
         except RedisError as exc:
             raise StoreUnavailable("message store unreachable") from exc

@@ -161,15 +161,18 @@ class WeChatClient:
                 except WeChatBadResponse as exc:
                     if not idempotent:  # the request was answered: it may have acted
                         raise WeChatOutcomeUnknown(exc.message) from None
-                    raise
-                if result is not None:
-                    return result
-                if not idempotent and status >= 500:
-                    # A gateway error after the request went out: WeChat may have acted,
-                    # and resending could deliver twice.
-                    raise WeChatOutcomeUnknown(f"WeChat answered HTTP {status}")
-                maybe_sent = maybe_sent or status >= 500
-                last = WeChatUnavailable(f"WeChat busy (HTTP {status})")
+                    # Most likely a gateway's page in front of WeChat: transient, and
+                    # safe to resend here, though the request may have acted.
+                    maybe_sent, last = True, exc
+                else:
+                    if result is not None:
+                        return result
+                    if not idempotent and status >= 500:
+                        # A gateway error after the request went out: WeChat may have
+                        # acted, and resending could deliver twice.
+                        raise WeChatOutcomeUnknown(f"WeChat answered HTTP {status}")
+                    maybe_sent = maybe_sent or status >= 500
+                    last = WeChatUnavailable(f"WeChat busy (HTTP {status})")
             if attempt < _MAX_ATTEMPTS:
                 pause = min(
                     delay * random.uniform(0.5, 1.5),  # noqa: S311 - jitter, not crypto

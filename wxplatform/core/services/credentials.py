@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.credential_store import CredentialStore, StoredCredential
-from wxplatform.errors import TokenUnavailable
+from wxplatform.errors import TokenUnavailable, WxPlatformError
 
-__all__ = ["Credential", "CredentialManager", "Fetch"]
+__all__ = ["Credential", "CredentialManager", "Fetch", "StillCurrent"]
 
 log = logging.getLogger("wxplatform.core.credentials")
 
@@ -41,6 +41,18 @@ class Credential:
 
 # fetch(app, rejected value or None, monotonic deadline) -> (value, expires_in seconds)
 Fetch = Callable[[AppConfig, str | None, float], Awaitable[tuple[str, int]]]
+
+
+class StillCurrent(Exception):
+    """Raised by a fetch that could not replace a rejected value, which WeChat still serves.
+
+    The manager stores `value` as valid again, so the app keeps working for everyone
+    else, and fails this refresh with `error` (e.g. a forced refresh not allowed now).
+    """
+
+    def __init__(self, value: str, expires_in: int, error: WxPlatformError) -> None:
+        super().__init__(error.message)
+        self.value, self.expires_in, self.error = value, expires_in, error
 
 
 @dataclass
@@ -158,7 +170,16 @@ class CredentialManager:
             fresh = self._usable(await self._store.read(app.app_id), stale, rejected)
             if fresh is not None:
                 return fresh
-            value, expires_in = await self._fetch(app, rejected, deadline)
+            try:
+                value, expires_in = await self._fetch(app, rejected, deadline)
+            except StillCurrent as kept:
+                expires_ms = int((self._clock.now() + kept.expires_in) * 1000)
+                stored = await self._store.store(app.app_id, fence, kept.value, expires_ms)
+                log.warning(
+                    "a rejected credential could not be replaced; WeChat still serves it",
+                    extra={"app_id": app.app_id, "kind": self.kind, "reason": kept.error.reason},
+                )
+                raise kept.error from None
             credential = Credential(value, self._clock.now() + expires_in)
             stored = await self._store.store(
                 app.app_id, fence, value, int(credential.expires_at * 1000)

@@ -15,7 +15,7 @@ from acme.wxplatform.v1 import passive_reply_pb2 as pr
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.ingress_store import Accepted, IngressStore, ReplayCheck
-from wxplatform.core.services.interactions import windows_opened_by
+from wxplatform.core.services.interactions import closes_windows, windows_opened_by
 from wxplatform.core.services.replies import choose_reply
 from wxplatform.errors import AppNotFound, FieldViolation, InvalidRequest, WxPlatformError
 
@@ -96,6 +96,7 @@ class IngressService:
             # WeChat times the window from the interaction itself; a push replayed from
             # the edge's spool hours later must not open a window WeChat already closed.
             now_ms=int(min(self._clock.now(), message.create_time or self._clock.now()) * 1000),
+            close_windows=closes_windows(app, message),
         )
         outcome = await self._store.accept(app_id, key, replay, reply.SerializeToString(), accepted)
         if not outcome.new:

@@ -1,7 +1,8 @@
 """Which interactions open a customer-service window (PROTOCOL.md §5.3).
 
 Recorded here at ingress; enforced by messaging before any customer-service send. The
-latest interaction of a kind opens a fresh window of that kind with its full quota.
+latest interaction of a kind opens a fresh window of that kind with its full quota; an
+unfollow closes them all (WeChat answers 45015 to a user who unfollowed).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.ingress_store import WindowGrant
 
-__all__ = ["windows_opened_by"]
+__all__ = ["closes_windows", "windows_opened_by"]
 
 _MINUTE = 60
 _TWO_DAYS = 48 * 3600
@@ -40,3 +41,8 @@ def windows_opened_by(app: AppConfig, message: inbound.InboundMessage) -> list[W
     if event == "SCAN":
         return [SCAN]
     return []
+
+
+def closes_windows(app: AppConfig, message: inbound.InboundMessage) -> bool:
+    """Whether `message` closes every window of its sender: an official account's unfollow."""
+    return app.kind == "official_account" and message.event == "unsubscribe"

@@ -49,6 +49,8 @@ log = logging.getLogger("wxplatform.core.messaging")
 
 _CLIENT_MSG_ID_EXISTS = 45065  # WeChat already sent this client_msg_id: it is a success
 _DAILY_QUOTA = 45009
+_RATE_LIMIT = 45011
+_QUOTA_REFUSALS = frozenset({_DAILY_QUOTA, _RATE_LIMIT})  # WeChat did not act on the message
 _BEIJING = 8 * 3600
 _WAIT_START, _WAIT_CAP = 0.02, 0.2
 # Compare-and-set attempts for one result. Only result events write a stored record,
@@ -320,15 +322,19 @@ class MessagingService:
             if exc.errcode == _CLIENT_MSG_ID_EXISTS:
                 delivery.status = pb.DELIVERY_STATUS_SENT  # sent before, under the same id
                 delivery.errmsg = exc.errmsg
+            elif exc.errcode in _QUOTA_REFUSALS:
+                # WeChat refused the call, not the message, and did not act: the key is
+                # released (as for our own rate limit) so a retry after RetryInfo sends.
+                if exc.errcode == _DAILY_QUOTA:
+                    exc = await self._trip(app, outbound.api, exc)
+                await self._release(
+                    app, idem, digest=digest, delivery=delivery, openid=openid, window=window
+                )
+                raise exc from None
             else:
                 failure, refund = exc, window
                 delivery.status = pb.DELIVERY_STATUS_REJECTED
                 delivery.errcode, delivery.errmsg = exc.errcode, exc.errmsg
-                if exc.errcode == _DAILY_QUOTA:
-                    try:
-                        await self._trip(app, outbound.api)
-                    except WxPlatformError:  # the record matters more than the circuit
-                        log.exception("could not open the daily-quota circuit")
         except WeChatOutcomeUnknown as exc:
             failure = exc
             delivery.status = pb.DELIVERY_STATUS_UNKNOWN
@@ -423,14 +429,30 @@ class MessagingService:
             return delivery
         return applied if applied is not None else delivery
 
-    async def _trip(self, app: AppConfig, api: str) -> None:
-        """45009: stop calling this API for the app until WeChat's daily reset."""
+    async def _trip(self, app: AppConfig, api: str, refusal: WeChatRefused) -> WeChatRefused:
+        """45009: stop calling this API for the app until WeChat's daily reset.
+
+        Returns `refusal` with a RetryInfo delay that ends at the reset.
+        """
         now = self._clock.now()
         next_midnight = ((now + _BEIJING) // 86400 + 1) * 86400 - _BEIJING
-        await self._store.trip_circuit(app.app_id, api, int(next_midnight * 1000), int(now * 1000))
-        log.warning(
-            "daily quota exhausted; circuit open until the daily reset",
-            extra={"app_id": app.app_id, "api": api},
+        try:
+            await self._store.trip_circuit(
+                app.app_id, api, int(next_midnight * 1000), int(now * 1000)
+            )
+        except WxPlatformError:  # the caller's answer matters more than the circuit
+            log.exception("could not open the daily-quota circuit")
+        else:
+            log.warning(
+                "daily quota exhausted; circuit open until the daily reset",
+                extra={"app_id": app.app_id, "api": api},
+            )
+        return WeChatRefused(
+            refusal.reason,
+            refusal.errcode,
+            refusal.errmsg,
+            refusal.rid,
+            retry_after=max(next_midnight - now, 1.0),
         )
 
     async def _replay(self, app: AppConfig, delivery_id: str) -> pb.Delivery:

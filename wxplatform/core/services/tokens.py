@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 import time
@@ -14,7 +15,7 @@ from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.credential_store import CredentialStore
 from wxplatform.core.adapters.wechat_client import WeChatClient
-from wxplatform.core.services.credentials import Credential, CredentialManager
+from wxplatform.core.services.credentials import Credential, CredentialManager, StillCurrent
 from wxplatform.errors import (
     AppKindMismatch,
     AppNotFound,
@@ -22,7 +23,10 @@ from wxplatform.errors import (
     InvalidRequest,
     TokenRefreshLimited,
     WeChatBadResponse,
+    WeChatOutcomeUnknown,
     WeChatRefused,
+    WeChatUnavailable,
+    WxPlatformError,
 )
 from wxplatform.wechat.errcodes import classify
 from wxplatform.wechat.signature import jssdk_signature
@@ -30,6 +34,8 @@ from wxplatform.wechat.signature import jssdk_signature
 __all__ = ["JsSdkConfig", "TokenService"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("wxplatform.core.tokens")
 
 # stable_token force mode: WeChat ignores forced refreshes closer than 30 s and allows 20
 # a day (PROTOCOL.md §5.1). Counted per Beijing day, when WeChat's quotas reset.
@@ -149,20 +155,28 @@ class TokenService:
             return token
         # Normal mode hands back the same token while WeChat thinks it valid; the caller
         # saw it rejected (leaked and force-refreshed elsewhere), so force a new one.
-        day = int((self._clock.now() + _BEIJING) // 86400)
-        allowed = await self._force_store.allow_forced_refresh(
-            app.app_id,
-            int(self._clock.now() * 1000),
-            day,
-            gap_ms=_FORCE_GAP_MS,
-            per_day=_FORCE_PER_DAY,
+        now = self._clock.now()
+        day = int((now + _BEIJING) // 86400)
+        wait_ms = await self._force_store.allow_forced_refresh(
+            app.app_id, int(now * 1000), day, gap_ms=_FORCE_GAP_MS, per_day=_FORCE_PER_DAY
         )
-        if allowed != 1:
-            raise TokenRefreshLimited(
-                "a forced token refresh is limited to one per 30 s and 20 a day",
-                retry_after=30.0 if allowed == 0 else None,
+        if wait_ms != 0:
+            # WeChat's limits forbid forcing now. The token stays in service (WeChat
+            # itself still hands it out); only this refresh fails.
+            next_day = (day + 1) * 86400 - _BEIJING
+            raise StillCurrent(
+                *token,
+                TokenRefreshLimited(
+                    "a forced token refresh is limited to one per 30 s and 20 a day",
+                    retry_after=wait_ms / 1000 if wait_ms > 0 else max(next_day - now, 1.0),
+                ),
             )
-        return await self._stable_token(app, force=True, deadline=deadline)
+        try:
+            return await self._stable_token(app, force=True, deadline=deadline)
+        except WeChatOutcomeUnknown as exc:
+            # Whether WeChat forced a new token is unknown, but no message was sent:
+            # to a send this is a token that could not be had, never its own outcome.
+            raise WeChatUnavailable(f"forced token refresh: {exc.message}") from None
 
     async def _stable_token(
         self, app: AppConfig, *, force: bool, deadline: float
@@ -204,6 +218,20 @@ class TokenService:
         """One pass of the background refresher over every app's token and ticket."""
         for app in self._apps.values():
             deadline = time.monotonic() + 10
-            await self.tokens.refresh_if_due(app, deadline=deadline)
-            if app.kind == "official_account":
-                await self.tickets.refresh_if_due(app, deadline=deadline)
+            managers = (
+                [self.tokens, self.tickets] if app.kind == "official_account" else [self.tokens]
+            )
+            for manager in managers:
+                # One app's failure must not starve the apps after it.
+                try:
+                    await manager.refresh_if_due(app, deadline=deadline)
+                except WxPlatformError as exc:
+                    log.warning(
+                        "background refresh failed",
+                        extra={"app_id": app.app_id, "kind": manager.kind, "reason": exc.reason},
+                    )
+                except Exception:
+                    log.exception(
+                        "background refresh failed",
+                        extra={"app_id": app.app_id, "kind": manager.kind},
+                    )
