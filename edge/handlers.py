@@ -97,6 +97,13 @@ class EdgeHandler(tornado.web.RequestHandler):
     _body: list[bytes] | None = None
     _size = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Set before anything can fail: Tornado refuses some requests (an unknown method,
+        # a path that is not UTF-8) before `prepare`, and `on_finish` still runs for them.
+        self.started = time.perf_counter()
+        self.path_kwargs: dict[str, str] = {}
+        super().__init__(*args, **kwargs)
+
     def body_limit(self) -> int:
         """Bytes of body this request may carry."""
         return 0
@@ -106,7 +113,6 @@ class EdgeHandler(tornado.web.RequestHandler):
         return _DEFAULT_BODY_SECONDS
 
     def prepare(self) -> None:
-        self.started = time.perf_counter()
         self.request_id = new_request_id()
         request_id.set(self.request_id)
         self.set_header(REQUEST_ID_HEADER, self.request_id)
@@ -122,9 +128,11 @@ class EdgeHandler(tornado.web.RequestHandler):
             return  # no body
         if not (length.isascii() and length.isdigit()):  # "²".isdigit() is True
             raise BadParameters("bad_content_length")
-        if int(length) > self.body_limit():
-            raise PayloadTooLarge("body_too_large", f"{length} bytes")
-        if int(length):
+        # Checked by its digits first: int() refuses a number of 4,300 digits or more.
+        size = int(length) if len(length) <= 15 else None
+        if size is None or size > self.body_limit():
+            raise PayloadTooLarge("body_too_large", f"{length[:16]} bytes")
+        if size:
             self._body = []
             # A body trickling in too slowly (slowloris) must not pin the connection.
             # One plain timer: Tornado's own `body_timeout` wraps every body read in

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import http.client
 import json
+import logging
 import random
 import secrets
 import time
@@ -149,6 +150,11 @@ def status_line(status: int) -> bytes:
 
 def rejected(reason: str) -> float:
     value: float = metrics.REJECTED.labels(reason)._value.get()
+    return value
+
+
+def counted(app_label: str, method: str, status: int) -> float:
+    value: float = metrics.CALLBACKS.labels(app_label, method, str(status))._value.get()
     return value
 
 
@@ -901,6 +907,45 @@ async def test_oversized_content_length_is_refused_without_reading_the_body(
     assert response.seconds < stack.edge.deps.budget_seconds / 2
     assert rejected("body_too_large") == before + 1
     assert await delivered(stack, redis_client) == 0
+
+
+async def test_a_content_length_of_thousands_of_digits_is_refused(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    """Python's int() refuses 4,300 digits or more: that must be a 413, not a 500."""
+    assert stack.edge is not None
+    head = raw_post(app(stack, "wxplain"), stack.edge.port, {"Content-Length": "9" * 5000})
+    before = rejected("body_too_large")
+    response = await raw_exchange(stack.edge.port, head + b"<xml>")
+    assert response.status == 413
+    assert rejected("body_too_large") == before + 1
+    assert await delivered(stack, redis_client) == 0
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [("FOO /wx/{app}", 405), ("GET /wx/%ff", 400), ("POST /wx/%ff", 400)],
+    ids=["unknown method", "path not utf-8", "post to a path not utf-8"],
+)
+async def test_requests_tornado_refuses_early_are_counted_without_errors(
+    stack: Stack, caplog: pytest.LogCaptureFixture, request_line: str, status: int
+) -> None:
+    """Refused before `prepare`: a clean 4xx, counted, and no stack trace in the log."""
+    assert stack.edge is not None
+    line = request_line.format(app=app(stack, "wxplain").app_id)
+    method = line.split(" ", 1)[0]
+    before = counted("unknown", method, status) + counted(
+        app(stack, "wxplain").app_id, method, status
+    )
+    response = await raw_exchange(
+        stack.edge.port, f"{line} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    assert response.status == status
+    after = counted("unknown", method, status) + counted(
+        app(stack, "wxplain").app_id, method, status
+    )
+    assert after == before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_push_without_content_length_is_refused(
