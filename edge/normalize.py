@@ -34,8 +34,13 @@ _PICTURE_SOURCE = {
 
 
 def _text(fields: Mapping[str, Any], name: str) -> str:
+    """A scalar field as text; "" when absent or not a string or number.
+
+    JSON's null and booleans are not values WeChat sends: as text they would become
+    "None" or "True", a MsgId shared by unrelated pushes (and so a dedup collision).
+    """
     value = fields.get(name, "")
-    if isinstance(value, (dict, list)):
+    if value is None or isinstance(value, (bool, dict, list)):
         return ""
     return str(value)
 

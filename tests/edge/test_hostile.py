@@ -758,6 +758,24 @@ def json_push(stack: Stack, plaintext: str) -> tuple[str, bytes]:
     return encrypted_url(stack, mini, sealed), json_envelope(sealed)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"FromUserName": None}, "payload_shape"),
+        ({"ToUserName": True}, "payload_shape"),
+        ({"Content": float("nan")}, "payload_syntax"),
+        ({"CreateTime": float("inf")}, "payload_syntax"),
+    ],
+    ids=["null sender", "boolean recipient", "NaN", "Infinity"],
+)
+async def test_json_values_wechat_never_sends_are_refused(
+    stack: Stack, redis_client: redis.Redis, overrides: dict[str, Any], reason: str
+) -> None:
+    """null is no sender (not the openid "None"); NaN and Infinity are not JSON."""
+    url, body = json_push(stack, json_text(**overrides))
+    await refused(stack, redis_client, url, body, status=400, reason=reason)
+
+
 @pytest.mark.parametrize("place", ["envelope", "message", "nested object"])
 async def test_json_duplicate_keys_are_refused(
     stack: Stack, redis_client: redis.Redis, place: str
@@ -831,7 +849,7 @@ async def test_deeply_nested_json_is_refused(
         ("wxjson", b"<xml><Encrypt>x</Encrypt></xml>", "payload_syntax"),
         ("wxjson", b"[]", "payload_shape"),
         ("wxjson", b'"Encrypt"', "payload_shape"),
-        ("wxjson", b"NaN", "payload_shape"),
+        ("wxjson", b"NaN", "payload_syntax"),
     ],
     ids=[
         "random bytes",

@@ -159,6 +159,19 @@ def test_json_message_id_keeps_every_digit(vectors: dict[str, Any]) -> None:
     assert big.raw["MsgId"] == "9223372036854775807"
 
 
+@pytest.mark.parametrize("value", ["null", "true", "[]", "{}"])
+def test_a_msgid_that_is_not_a_string_or_number_is_no_msgid(value: str) -> None:
+    """As text, null would be "None": one dedup key for unrelated pushes of every user."""
+
+    def text(user: str) -> pb.InboundMessage:
+        body = f'{{"ToUserName":"gh","FromUserName":"{user}","CreateTime":1700000000,'
+        body += f'"MsgType":"text","Content":"hi","MsgId":{value}}}'
+        return normalize("wxapp", parse_json(body.encode()), pb.InboundTransport(), 0)
+
+    assert text("oA").msg_id == ""
+    assert dedup_key(text("oA")) != dedup_key(text("oB"))
+
+
 def test_two_events_in_one_second_get_different_keys() -> None:
     def click(key: str) -> pb.InboundMessage:
         fields = {"ToUserName": "gh", "FromUserName": "o1", "CreateTime": "1700000000",

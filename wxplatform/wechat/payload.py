@@ -101,8 +101,11 @@ def parse_json(body: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> Payload:
             out[key] = value
         return out
 
+    def no_constants(name: str) -> Any:
+        raise MalformedPayload("syntax", f"{name} is not JSON")  # NaN, Infinity
+
     try:
-        value = json.loads(text, object_pairs_hook=no_duplicates)
+        value = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
     except MalformedPayload:
         raise
     except (ValueError, RecursionError) as exc:  # ValueError: also huge integers

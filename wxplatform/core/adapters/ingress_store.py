@@ -47,7 +47,8 @@ local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
 if ARGV[10] == '1' then redis.call('DEL', KEYS[4]) end
 for i = 11, #ARGV, 2 do
   local held = redis.call('HGET', KEYS[4], ARGV[i])
-  if not held or tonumber(string.match(held, '^%d+')) < tonumber(string.match(ARGV[i + 1], '^%d+')) then
+  local ends = tonumber(string.match(ARGV[i + 1], '^%d+'))
+  if not held or tonumber(string.match(held, '^%d+')) < ends then
     redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1], ARGV[i] .. ':used', 0)
     redis.call('PEXPIRE', KEYS[4], ARGV[9])
   end

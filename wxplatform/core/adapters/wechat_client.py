@@ -49,6 +49,14 @@ _MAX_CONNECTIONS = 200
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
+class _Retry(Exception):
+    """An attempt failed in a way another attempt may mend."""
+
+    def __init__(self, error: Exception, *, maybe_sent: bool) -> None:
+        super().__init__(str(error))
+        self.error, self.maybe_sent = error, maybe_sent
+
+
 class WeChatClient:
     """Calls `api_base` + path with JSON in UTF-8 (WeChat rejects `\\u` escapes: 40033)."""
 
@@ -137,42 +145,18 @@ class WeChatClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0.01:
                 break
-            started = time.monotonic()
             try:
-                status, body = await self._exchange(method, path, params, content, remaining)
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                # Nothing was sent: no connection (refused, unreachable, or none free
-                # in the pool in time).
-                self._observe(path, "unreachable", started)
-                last = WeChatUnavailable(f"WeChat unreachable: {exc.__class__.__name__}")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # Sent, or possibly sent: no (complete) answer — read timeout, reset,
-                # disconnect, a broken response.
-                self._observe(path, "no_answer", started)
-                if not idempotent:
-                    raise WeChatOutcomeUnknown(
-                        f"no answer from WeChat after sending ({exc.__class__.__name__})"
-                    ) from None
-                maybe_sent = True
-                last = WeChatUnavailable(f"no answer from WeChat: {exc.__class__.__name__}")
-            else:
-                try:
-                    result = self._parse(path, status, body, started, token_endpoint)
-                except WeChatBadResponse as exc:
-                    if not idempotent:  # the request was answered: it may have acted
-                        raise WeChatOutcomeUnknown(exc.message) from None
-                    # Most likely a gateway's page in front of WeChat: transient, and
-                    # safe to resend here, though the request may have acted.
-                    maybe_sent, last = True, exc
-                else:
-                    if result is not None:
-                        return result
-                    if not idempotent and status >= 500:
-                        # A gateway error after the request went out: WeChat may have
-                        # acted, and resending could deliver twice.
-                        raise WeChatOutcomeUnknown(f"WeChat answered HTTP {status}")
-                    maybe_sent = maybe_sent or status >= 500
-                    last = WeChatUnavailable(f"WeChat busy (HTTP {status})")
+                return await self._attempt(
+                    method,
+                    path,
+                    params,
+                    content,
+                    remaining=remaining,
+                    idempotent=idempotent,
+                    token_endpoint=token_endpoint,
+                )
+            except _Retry as retry:
+                last, maybe_sent = retry.error, maybe_sent or retry.maybe_sent
             if attempt < _MAX_ATTEMPTS:
                 pause = min(
                     delay * random.uniform(0.5, 1.5),  # noqa: S311 - jitter, not crypto
@@ -183,6 +167,59 @@ class WeChatClient:
         if is_send and maybe_sent:
             raise WeChatOutcomeUnknown(f"{last}; an attempt may have reached WeChat")
         raise last or WeChatUnavailable("no time left to call WeChat")
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        content: bytes | None,
+        *,
+        remaining: float,
+        idempotent: bool,
+        token_endpoint: bool,
+    ) -> dict[str, Any]:
+        """One attempt: WeChat's JSON, `_Retry` when another attempt may help, or an error.
+
+        Once the request may have reached WeChat, a call that is not idempotent ends
+        with `WeChatOutcomeUnknown` instead of being tried again.
+        """
+        started = time.monotonic()
+        try:
+            status, body = await self._exchange(method, path, params, content, remaining)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Nothing was sent: no connection (refused, unreachable, or none free in the
+            # pool in time).
+            self._observe(path, "unreachable", started)
+            error = WeChatUnavailable(f"WeChat unreachable: {exc.__class__.__name__}")
+            raise _Retry(error, maybe_sent=False) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Sent, or possibly sent: no (complete) answer — read timeout, reset,
+            # disconnect, a broken response.
+            self._observe(path, "no_answer", started)
+            if not idempotent:
+                raise WeChatOutcomeUnknown(
+                    f"no answer from WeChat after sending ({exc.__class__.__name__})"
+                ) from None
+            error = WeChatUnavailable(f"no answer from WeChat: {exc.__class__.__name__}")
+            raise _Retry(error, maybe_sent=True) from None
+        try:
+            result = self._parse(path, status, body, started, token_endpoint)
+        except WeChatBadResponse as exc:
+            if not idempotent:  # the request was answered: it may have acted
+                raise WeChatOutcomeUnknown(exc.message) from None
+            # Most likely a gateway's page in front of WeChat: transient, and safe to
+            # resend here, though the request may have acted.
+            raise _Retry(exc, maybe_sent=True) from None
+        if result is not None:
+            return result
+        if status < 500:  # errcode -1
+            raise _Retry(WeChatUnavailable("WeChat busy (errcode -1)"), maybe_sent=False)
+        if not idempotent:
+            # A gateway error after the request went out: WeChat may have acted, and
+            # resending could deliver twice.
+            raise WeChatOutcomeUnknown(f"WeChat answered HTTP {status}")
+        raise _Retry(WeChatUnavailable(f"WeChat busy (HTTP {status})"), maybe_sent=True)
 
     async def _exchange(
         self,
