@@ -86,7 +86,6 @@ class Replayer:
                     await task
 
     async def _run(self) -> None:
-        metrics.SPOOL_DEPTH.set(await self._spool.depth())
         while not self._stopping.is_set():
             try:
                 progressed = await self._replay_batch()

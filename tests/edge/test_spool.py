@@ -8,10 +8,21 @@ from pathlib import Path
 import redis.asyncio as redis
 from tornado.httpclient import AsyncHTTPClient
 
+from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from edge import metrics
+from edge.core_client import CoreClient
+from edge.replayer import Replayer
 from edge.spool import Spool
 from tests.edge.signing import push_request, text_fields
-from tests.support import app_table, make_settings, new_app_id, running_stack
+from tests.support import (
+    EDGE_CREDENTIAL,
+    app_table,
+    make_settings,
+    new_app_id,
+    running_stack,
+)
+from wxplatform.clock import SystemClock
+from wxplatform.config import Secret
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.core.server import create_server
 
@@ -118,3 +129,35 @@ async def test_workers_sharing_a_spool_never_claim_the_same_entry(tmp_path: Path
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_replayer_outlives_a_spool_that_fails(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A spool that cannot be read (here: not open yet) is retried, never the end of replay."""
+    settings = make_settings(app_table(new_app_id()))
+    (app,) = settings.apps.values()
+    async with running_stack(settings, redis_client) as stack:
+        core = CoreClient(f"127.0.0.1:{stack.core.port}", Secret(EDGE_CREDENTIAL))
+        spool = Spool(tmp_path / "spool.sqlite3", max_bytes=1 << 24)
+        replayer = Replayer(spool, core, SystemClock(), max_age_seconds=3600)
+        replayer.start()
+        try:
+            await asyncio.sleep(0.2)  # every read of the spool has failed so far
+            await spool.open()
+            message = inbound.InboundMessage(
+                app_id=app.app_id, msg_id="4242", msg_type="text", from_user_name="oUser",
+                to_user_name="gh_x", create_time=int(SystemClock().now()),
+            )  # fmt: skip
+            message.text.content = "hello"
+            await spool.put(app.app_id, "r1", SystemClock().now(), message.SerializeToString())
+            replayer.wake()
+
+            async def replayed() -> bool:
+                return bool(await redis_client.xlen(app_key(app.app_id, "events")) == 1)
+
+            await wait_for(replayed)
+        finally:
+            await replayer.stop()  # a clean stop, not the spool's old error
+            await core.close()
+            await spool.close()
