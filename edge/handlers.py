@@ -350,7 +350,11 @@ class CallbackHandler(EdgeHandler):
     async def _push(self, app_id: str) -> None:
         deadline = self.started + self.deps.budget_seconds
         app = self._app(app_id)
-        params = self._params(_SIGNATURE_PARAMS, ("encrypt_type", "msg_signature", "openid"))
+        # `signature` is plaintext mode's; an encrypted push is verified by `msg_signature`
+        # alone (WeChat's guide: never by `signature`), so there it may be absent.
+        params = self._params(
+            ("timestamp", "nonce"), ("signature", "encrypt_type", "msg_signature", "openid")
+        )
         timestamp = self._check_timestamp(params)
         encrypted = params.get("encrypt_type", "raw") == "aes"
         body = self.body()
@@ -419,6 +423,8 @@ class CallbackHandler(EdgeHandler):
                 # A plaintext signature does not cover the body: accepting one on a safe
                 # app would let anyone replay a captured URL with a body of their own.
                 raise SignatureMismatch("plaintext_on_safe_app")
+            if "signature" not in params:
+                raise SignatureMismatch("missing_signature")
             self._verify(app, params)
             return self._parse(app, body), 0
         crypto = self.deps.cryptos.get(app.app_id)

@@ -165,7 +165,7 @@ async def running_stack(
                     **edge_overrides,
                 ),
             )
-            edge = await start_edge(edge_settings, listen="127.0.0.1:0")
+            edge = await start_edge(edge_settings, listen="127.0.0.1:0", clock=clock)
         yield Stack(settings, core, channel, edge)
     finally:
         if edge is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
@@ -12,6 +13,7 @@ import redis.asyncio as redis
 from tests.edge.signing import fetch, push_request, text_fields, verify_url
 from tests.support import Stack, app_table, make_settings, new_app_id, running_stack
 from tests.support import app_by_prefix as app
+from wxplatform.clock import ManualClock
 from wxplatform.wechat.crypto import MessageCrypto
 from wxplatform.wechat.payload import parse_xml
 from wxplatform.wechat.signature import sign
@@ -133,3 +135,43 @@ async def test_health_and_metrics(stack: Stack) -> None:
     assert metrics.code == 200
     assert b"wxp_edge_callbacks_total" in metrics.body
     assert (await fetch(f"{stack.edge_url}/nothing-here")).code == 404
+
+
+@pytest.mark.parametrize(
+    ("vector_id", "app_fields"),
+    [
+        ("dec-sample-python-compat-xml", {"encryption": "compatible"}),
+        (
+            "dec-doc-safe-json",
+            {"encryption": "safe", "kind": "mini_program", "data_format": "json"},
+        ),
+    ],
+)
+async def test_official_encrypted_pushes_are_accepted(
+    redis_client: redis.Redis, vectors: dict[str, Any], vector_id: str, app_fields: dict[str, Any]
+) -> None:
+    """The official requests as they are: verified by `msg_signature` alone.
+
+    The compatible-mode sample carries no URL `signature` (WeChat's guide: never verify
+    an encrypted push with it), and it must not be required.
+    """
+    vector = next(v for v in vectors["decrypt"] if v["id"] == vector_id)
+    table = app_table(
+        vector["appid"],
+        token=vector["token"],
+        encoding_aes_key=vector["encoding_aes_key"],
+        auto_reply=[],
+        default_reply=None,
+        **app_fields,
+    )
+    clock = ManualClock(int(vector["query"]["timestamp"]))
+    settings = make_settings(table)
+    async with running_stack(settings, redis_client, with_edge=True, clock=clock) as stack:
+        query = urllib.parse.urlencode(vector["query"])
+        url = f"{stack.edge_url}/wx/{vector['appid']}?{query}"
+        response = await fetch(url, vector["body"].encode())
+        assert (response.code, response.body) == (200, b"success")
+        if "signature" not in vector["query"]:
+            # A URL `signature` covers no body: its presence adds nothing, nor its value.
+            forged = f"{url}&signature={'0' * 40}"
+            assert (await fetch(forged, vector["body"].encode())).code == 200
