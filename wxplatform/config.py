@@ -506,6 +506,9 @@ def _parse_app(t: _Table) -> AppConfig:
     if kind == "mini_program" and (rules or default or welcome):
         # Mini programs have no passive replies (PROTOCOL.md §4.1): reply via customer service.
         raise ConfigError(t.key("auto_reply"), "mini programs have no passive replies")
+    if data_format == "json" and (rules or default or welcome):
+        # WeChat documents passive replies as XML only; a JSON reply would be dropped.
+        raise ConfigError(t.key("auto_reply"), "passive replies need data_format = \"xml\"")
     t.done()
     return AppConfig(
         app_id=app_id,

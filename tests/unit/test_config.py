@@ -84,6 +84,17 @@ def test_mini_programs_take_no_passive_reply_rules() -> None:
         parse_settings(data)
 
 
+def test_passive_reply_rules_need_xml_pushes() -> None:
+    """WeChat documents passive replies as XML: rules on a JSON app would never answer."""
+    data = with_change("apps.0.data_format", "json")
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.auto_reply: passive replies need"):
+        parse_settings(data)
+    data["apps"][0]["auto_reply"] = []
+    data["apps"][0].pop("default_reply", None)
+    data["apps"][0].pop("subscribe_reply", None)
+    assert parse_settings(data).apps["wxapp1"].data_format == "json"
+
+
 def test_duplicate_apps_are_rejected() -> None:
     data = base()
     data["apps"].append(app_table("wxapp1"))
