@@ -378,6 +378,8 @@ class CallbackHandler(EdgeHandler):
         except Exception:
             log.exception("normalizer failed on a push")
             raise BadPayload("payload_unparseable") from None
+        if self.deps.replayer.may_hold_entries:  # an outage's pushes wait to be replayed
+            await self._refuse_replays_of_spooled(message)
         remaining = deadline - time.perf_counter() - _SPOOL_RESERVE
         try:
             response = await self.deps.core.deliver(
@@ -391,9 +393,15 @@ class CallbackHandler(EdgeHandler):
 
     async def _spool(self, message: inbound.InboundMessage, cause: CoreUnavailable) -> None:
         """Keep the message for later; if even that fails, do not acknowledge WeChat."""
+        transport = message.transport
         try:
             await self.deps.spool.put(
-                message.app_id, self.request_id, self.deps.clock.now(), message.SerializeToString()
+                message.app_id,
+                self.request_id,
+                self.deps.clock.now(),
+                message.SerializeToString(),
+                signed=f"{transport.signature_timestamp}:{transport.nonce}",
+                body_sha256=transport.body_sha256,
             )
         except SpoolUnavailable as exc:
             metrics.SPOOL_FAILURES.inc()
@@ -404,6 +412,26 @@ class CallbackHandler(EdgeHandler):
         metrics.SPOOLED.inc()  # the depth gauge follows within seconds (the replayer)
         log.warning("core unavailable; push spooled", extra={"reason": cause.reason})
         self.deps.replayer.wake()
+
+    async def _refuse_replays_of_spooled(self, message: inbound.InboundMessage) -> None:
+        """Core has not seen the (timestamp, nonce) of a spooled push yet, so its replay
+        guard cannot protect it: a push reusing them with another body (a captured URL
+        replayed while core was away) would be accepted first and the genuine push then
+        refused as the replay. Refused here instead, as core would."""
+        transport = message.transport
+        try:
+            conflict = await self.deps.spool.conflicts(
+                message.app_id,
+                f"{transport.signature_timestamp}:{transport.nonce}",
+                transport.body_sha256,
+            )
+        except SpoolUnavailable as exc:  # cannot tell: core's own guard still applies
+            log.warning("spool unreadable for the replay check", extra={"error": str(exc)})
+            return
+        if conflict:
+            raise SignatureMismatch(
+                "replayed_request", "a spooled push has its timestamp and nonce"
+            )
 
     def _parse(self, app: AppConfig, body: bytes) -> Payload:
         try:

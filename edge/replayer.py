@@ -55,6 +55,8 @@ class Replayer:
         self._backoff = 0.0
         self._task: asyncio.Task[None] | None = None
         self._gauge: asyncio.Task[None] | None = None
+        self._puts = 0  # pushes this process spooled (each calls `wake`)
+        self._held = True  # until the spool is read: it may hold entries from before
 
     def start(self) -> None:
         """Start replaying in the background, and keeping the depth gauge current."""
@@ -66,14 +68,29 @@ class Replayer:
         large spool (during an outage) would eat into WeChat's 5 s."""
         while not self._stopping.is_set():
             try:
-                metrics.SPOOL_DEPTH.set(await self._spool.depth())
+                await self._read_depth()
             except SpoolUnavailable:
                 log.warning("spool depth unavailable")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), _DEPTH_EVERY)
 
+    async def _read_depth(self) -> None:
+        puts = self._puts
+        depth = await self._spool.depth()
+        metrics.SPOOL_DEPTH.set(depth)
+        self._held = depth > 0 or self._puts != puts  # a put may have raced the count
+
+    @property
+    def may_hold_entries(self) -> bool:
+        """Whether the spool may hold entries: this process spooled since the last
+        reading (every few seconds) found it empty, or that reading found entries.
+        Another worker's entries are seen at the next reading."""
+        return self._held
+
     def wake(self) -> None:
         """Something was spooled: look again soon (after any backoff)."""
+        self._puts += 1
+        self._held = True
         self._wake.set()
 
     async def stop(self) -> None:
@@ -114,7 +131,7 @@ class Replayer:
             if not await self._replay(entry):  # core is down; this entry was postponed
                 await self._give_back(entries[index + 1 :])
                 return False
-        metrics.SPOOL_DEPTH.set(await self._spool.depth())
+        await self._read_depth()
         return True
 
     async def _give_back(self, entries: list[SpoolEntry]) -> None:

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 CREATE INDEX IF NOT EXISTS spool_due ON spool (next_try_at, id);
 """
+# Added later (a spool file may predate them): the push's signed (timestamp, nonce) and
+# its body digest, so that a replay of a spooled push's URL with another body is refused.
+_SIGNED_COLUMNS = {"signed": "TEXT NOT NULL DEFAULT ''", "body_sha256": "TEXT NOT NULL DEFAULT ''"}
 
 
 _BUSY_MS = 5000  # how long a write waits for another process's write to finish
@@ -83,6 +86,11 @@ class Spool:
         # SQLite itself refuses writes past this size ("database or disk is full").
         db.execute(f"PRAGMA max_page_count={max(self.max_bytes // page_size, 16)}")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(spool)")}
+        for name, declaration in _SIGNED_COLUMNS.items():
+            if name not in columns:
+                db.execute(f"ALTER TABLE spool ADD COLUMN {name} {declaration}")
+        db.execute("CREATE INDEX IF NOT EXISTS spool_signed ON spool (app_id, signed)")
         self._db = db
 
     def _conn(self) -> sqlite3.Connection:
@@ -90,21 +98,56 @@ class Spool:
             raise SpoolUnavailable("spool is not open")
         return self._db
 
-    async def put(self, app_id: str, request_id: str, received_at: float, message: bytes) -> int:
-        """Store a message durably; raises `SpoolUnavailable` when it cannot."""
+    async def put(
+        self,
+        app_id: str,
+        request_id: str,
+        received_at: float,
+        message: bytes,
+        *,
+        signed: str = "",
+        body_sha256: str = "",
+    ) -> int:
+        """Store a message durably; raises `SpoolUnavailable` when it cannot.
+
+        `signed` (the push's "timestamp:nonce") and `body_sha256` are what `conflicts`
+        looks up.
+        """
+        row = (app_id, request_id, received_at, received_at, message, signed, body_sha256)
         try:
-            row_id: int = await self._run(self._put, app_id, request_id, received_at, message)
+            row_id: int = await self._run(self._put, row)
         except sqlite3.Error as exc:
             raise SpoolUnavailable(f"spool write failed: {exc.__class__.__name__}") from exc
         return row_id
 
-    def _put(self, app_id: str, request_id: str, received_at: float, message: bytes) -> int:
+    def _put(self, row: tuple[Any, ...]) -> int:
         cursor = self._conn().execute(
-            "INSERT INTO spool (app_id, request_id, received_at, next_try_at, message)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (app_id, request_id, received_at, received_at, message),
+            "INSERT INTO spool (app_id, request_id, received_at, next_try_at, message, signed,"
+            " body_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row,
         )
         return int(cursor.lastrowid or 0)
+
+    async def conflicts(self, app_id: str, signed: str, body_sha256: str) -> bool:
+        """Whether a spooled push of the app has this "timestamp:nonce" but another body.
+
+        Raises `SpoolUnavailable` when the spool cannot tell.
+        """
+        try:
+            row = await self._run(
+                lambda: (
+                    self._conn()
+                    .execute(
+                        "SELECT 1 FROM spool WHERE app_id = ? AND signed = ? AND body_sha256 != ?"
+                        " LIMIT 1",
+                        (app_id, signed, body_sha256),
+                    )
+                    .fetchone()
+                )
+            )
+        except sqlite3.Error as exc:
+            raise SpoolUnavailable(f"spool read failed: {exc.__class__.__name__}") from exc
+        return row is not None
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[SpoolEntry]:
         """Due entries, oldest first, leased until `now + lease_seconds`.

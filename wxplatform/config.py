@@ -508,7 +508,7 @@ def _parse_app(t: _Table) -> AppConfig:
         raise ConfigError(t.key("auto_reply"), "mini programs have no passive replies")
     if data_format == "json" and (rules or default or welcome):
         # WeChat documents passive replies as XML only; a JSON reply would be dropped.
-        raise ConfigError(t.key("auto_reply"), "passive replies need data_format = \"xml\"")
+        raise ConfigError(t.key("auto_reply"), 'passive replies need data_format = "xml"')
     t.done()
     return AppConfig(
         app_id=app_id,

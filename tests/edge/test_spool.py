@@ -161,3 +161,40 @@ async def test_the_replayer_outlives_a_spool_that_fails(
             await replayer.stop()  # a clean stop, not the spool's old error
             await core.close()
             await spool.close()
+
+
+async def test_a_replay_of_a_spooled_push_with_another_body_is_refused(
+    redis_client: redis.Redis,
+) -> None:
+    """A plaintext signature covers no body: a captured URL replayed with a body of its
+    own while the genuine push waits in the spool must not win over it at core."""
+    settings = make_settings(app_table(new_app_id(), auto_reply=[], default_reply=None))
+    (app,) = settings.apps.values()
+    events = app_key(app.app_id, "events")
+    async with running_stack(settings, redis_client, with_edge=True) as stack:
+        assert stack.edge is not None
+        port = stack.core.port
+        await stack.core.stop()
+        url, genuine = push_request(stack.edge_url, app, text_fields("genuine", msg_id="8101"))
+        assert await post(url, genuine) == (200, b"success")  # spooled
+        _, forged = push_request(stack.edge_url, app, text_fields("forged", msg_id="8102"))
+        restarted = await create_server(
+            settings, redis_client, listen=f"127.0.0.1:{port}", serve_metrics=False
+        )
+        try:
+            refused_before = metrics.REJECTED.labels("replayed_request")._value.get()
+            assert (await post(url, forged))[0] == 403
+            assert metrics.REJECTED.labels("replayed_request")._value.get() == refused_before + 1
+            assert await post(url, genuine) == (200, b"success")  # WeChat's retry is fine
+
+            async def drained() -> bool:
+                return await stack.edge.deps.spool.depth() == 0  # type: ignore[union-attr]
+
+            await wait_for(drained)
+            stored = [
+                inbound.InboundMessage.FromString(fields[b"m"])
+                for _, fields in await redis_client.xrange(events)
+            ]
+            assert [m.text.content for m in stored] == ["genuine"]
+        finally:
+            await restarted.stop()
