@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 import redis.asyncio as redis
 from tornado.httpclient import AsyncHTTPClient
@@ -191,7 +192,9 @@ async def test_a_replay_of_a_spooled_push_with_another_body_is_refused(
                 return await stack.edge.deps.spool.depth() == 0  # type: ignore[union-attr]
 
             await wait_for(drained)
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis_client.xrange(events)
+            entries = cast(
+                list[tuple[bytes, dict[bytes, bytes]]], await redis_client.xrange(events)
+            )
             stored = [inbound.InboundMessage.FromString(fields[b"m"]) for _, fields in entries]
             assert [m.text.content for m in stored] == ["genuine"]
         finally:
