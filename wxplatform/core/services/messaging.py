@@ -24,7 +24,6 @@ from wxplatform.core.services.sends import (
     customer_send,
     subscribe_send,
     template_send,
-    validate_idempotency_key,
 )
 from wxplatform.core.services.tokens import TokenService
 from wxplatform.errors import (
@@ -98,7 +97,6 @@ class MessagingService:
     ) -> pb.Delivery:
         """Send a template message once per idempotency key."""
         app = self._app(request.app_id)
-        validate_idempotency_key(request.idempotency_key)
         # WeChat's own anti-replay id, derived from ours unless given: a send retried
         # after an unknown outcome is then refused by WeChat as a duplicate (45065).
         client_msg_id = (
@@ -115,7 +113,6 @@ class MessagingService:
     ) -> pb.Delivery:
         """Send a customer-service message inside the user's interaction window."""
         app = self._app(request.app_id)
-        validate_idempotency_key(request.idempotency_key)
         outbound = customer_send(app, request)
         return await self._send(
             app,
@@ -132,7 +129,6 @@ class MessagingService:
     ) -> pb.Delivery:
         """Send a subscribe message (official account bizsend or mini program send)."""
         app = self._app(request.app_id)
-        validate_idempotency_key(request.idempotency_key)
         outbound = subscribe_send(app, request)
         return await self._send(
             app, caller, request, outbound, pb.DELIVERY_KIND_SUBSCRIBE, deadline=deadline

@@ -22,7 +22,6 @@ __all__ = [
     "customer_send",
     "subscribe_send",
     "template_send",
-    "validate_idempotency_key",
 ]
 
 _OPENID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -97,17 +96,14 @@ class _Checks:
             if item.color and (not colors or not _COLOR.fullmatch(item.color)):
                 self.fail(f"data.{key}.color", "must be #RRGGBB (template messages only)")
 
+    def idempotency_key(self, key: str) -> None:
+        """1–128 printable ASCII characters."""
+        if not 1 <= len(key) <= 128 or not key.isascii() or not key.isprintable():
+            self.fail("idempotency_key", "must be 1-128 printable ASCII characters")
+
     def done(self) -> None:
         if self.violations:
             raise InvalidRequest(self.violations)
-
-
-def validate_idempotency_key(key: str) -> None:
-    """1–128 printable ASCII characters."""
-    if not 1 <= len(key) <= 128 or not key.isascii() or not key.isprintable():
-        raise InvalidRequest(
-            FieldViolation("idempotency_key", "must be 1-128 printable ASCII characters")
-        )
 
 
 def _data(data: Mapping[str, pb.TemplateDataValue], *, colors: bool) -> dict[str, dict[str, str]]:
@@ -124,6 +120,7 @@ def template_send(app: AppConfig, request: pb.SendTemplateRequest, client_msg_id
     if app.kind != "official_account":
         raise AppKindMismatch("template messages are sent by official accounts")
     checks = _Checks()
+    checks.idempotency_key(request.idempotency_key)
     checks.openid("to_user", request.to_user)
     checks.require("template_id", request.template_id, limit=128)
     checks.url("url", request.url)
@@ -149,14 +146,17 @@ def template_send(app: AppConfig, request: pb.SendTemplateRequest, client_msg_id
 def subscribe_send(app: AppConfig, request: pb.SendSubscribeMessageRequest) -> Outbound:
     """`bizsend` for an official account, `send` for a mini program."""
     checks = _Checks()
+    checks.idempotency_key(request.idempotency_key)
     checks.openid("to_user", request.to_user)
     checks.require("template_id", request.template_id, limit=128)
     checks.data(request.data, colors=False)
     body: dict[str, Any] = {"touser": request.to_user, "template_id": request.template_id}
     if app.kind == "official_account":
         checks.url("page", request.page)
-        if request.mini_program_state or request.lang:
+        if request.mini_program_state:
             checks.fail("mini_program_state", "applies to mini programs only")
+        if request.lang:
+            checks.fail("lang", "applies to mini programs only")
         if request.page:
             body["page"] = request.page
         if request.HasField("mini_program"):
@@ -186,6 +186,7 @@ def subscribe_send(app: AppConfig, request: pb.SendSubscribeMessageRequest) -> O
 def customer_send(app: AppConfig, request: pb.SendCustomerMessageRequest) -> Outbound:
     """`/cgi-bin/message/custom/send` for any app."""
     checks = _Checks()
+    checks.idempotency_key(request.idempotency_key)
     checks.openid("to_user", request.to_user)
     kind = request.WhichOneof("content")
     allowed = _OA_TYPES if app.kind == "official_account" else _MP_TYPES
