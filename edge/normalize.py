@@ -21,10 +21,12 @@ from wxplatform.wechat.payload import MalformedPayload, Payload
 __all__ = ["normalize"]
 
 _UNIX_TIME = re.compile(r"[0-9]{1,12}")  # ASCII digits only: str.isdigit() accepts "²"
+# Keyed without spaces and case: the documented spellings ("failed:user block",
+# "failed: system failed") differ in their spacing, and a variant must not be lost.
 _TEMPLATE_STATUS = {
     "success": pb.TEMPLATE_SEND_STATUS_SUCCESS,
-    "failed:user block": pb.TEMPLATE_SEND_STATUS_USER_BLOCKED,
-    "failed: system failed": pb.TEMPLATE_SEND_STATUS_SYSTEM_FAILED,
+    "failed:userblock": pb.TEMPLATE_SEND_STATUS_USER_BLOCKED,
+    "failed:systemfailed": pb.TEMPLATE_SEND_STATUS_SYSTEM_FAILED,
 }
 _PICTURE_SOURCE = {
     "pic_sysphoto": pb.PICTURE_SOURCE_SYSTEM_CAMERA,
@@ -164,7 +166,9 @@ def _template_finish(f: Mapping[str, Any], m: pb.InboundMessage) -> None:
     m.template_send_job_finish.CopyFrom(
         pb.TemplateSendJobFinishEvent(
             msg_id=_text(f, "MsgID"),
-            status=_TEMPLATE_STATUS.get(status, pb.TEMPLATE_SEND_STATUS_UNSPECIFIED),
+            status=_TEMPLATE_STATUS.get(
+                "".join(status.split()).lower(), pb.TEMPLATE_SEND_STATUS_UNSPECIFIED
+            ),
             status_text=status,
         )
     )

@@ -172,6 +172,27 @@ def test_a_msgid_that_is_not_a_string_or_number_is_no_msgid(value: str) -> None:
     assert dedup_key(text("oA")) != dedup_key(text("oB"))
 
 
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("success", pb.TEMPLATE_SEND_STATUS_SUCCESS),
+        ("failed:user block", pb.TEMPLATE_SEND_STATUS_USER_BLOCKED),
+        ("failed: user block", pb.TEMPLATE_SEND_STATUS_USER_BLOCKED),
+        ("failed: system failed", pb.TEMPLATE_SEND_STATUS_SYSTEM_FAILED),
+        ("failed:system failed", pb.TEMPLATE_SEND_STATUS_SYSTEM_FAILED),
+        ("Failed: System Failed", pb.TEMPLATE_SEND_STATUS_SYSTEM_FAILED),
+        ("failed: something new", pb.TEMPLATE_SEND_STATUS_UNSPECIFIED),
+    ],
+)
+def test_template_results_are_read_whatever_their_spacing(status: str, expected: int) -> None:
+    fields = {"ToUserName": "gh", "FromUserName": "o1", "CreateTime": "1700000000",
+              "MsgType": "event", "Event": "TEMPLATESENDJOBFINISH", "MsgID": "200163836",
+              "Status": status}  # fmt: skip
+    finish = normalize("wxapp", fields, pb.InboundTransport(), 0).template_send_job_finish
+    assert finish.status == expected
+    assert finish.status_text == status
+
+
 def test_two_events_in_one_second_get_different_keys() -> None:
     def click(key: str) -> pb.InboundMessage:
         fields = {"ToUserName": "gh", "FromUserName": "o1", "CreateTime": "1700000000",
