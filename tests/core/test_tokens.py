@@ -348,6 +348,40 @@ async def test_js_sdk_signature(one: World) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize(
+    ("given", "signed"),
+    [
+        ("HTTPS://Shop.Example.COM/Item?Id=42", "https://shop.example.com/Item?Id=42"),
+        ("https://shop.example.com:443/a", "https://shop.example.com/a"),
+        ("http://shop.example.com:80", "http://shop.example.com/"),
+        ("https://shop.example.com:8443/a?b#c", "https://shop.example.com:8443/a?b"),
+        ("https://[::1]:8443/a", "https://[::1]:8443/a"),
+    ],
+)
+async def test_js_sdk_signs_the_url_as_the_browser_reports_it(
+    one: World, given: str, signed: str
+) -> None:
+    """WeChat signs `location.href`: lower-case scheme and host, no default port."""
+    answer = await one.stub().GetJsSdkSignature(
+        pb.GetJsSdkSignatureRequest(app_id=one.app_id, url=given), metadata=bearer(TEAM_CREDENTIAL)
+    )
+    assert answer.url == signed
+    ticket, _ = one.sim.state.tickets.get(one.app_id, "jsapi")
+    assert answer.signature == jssdk_signature(ticket, answer.nonce_str, answer.timestamp, signed)
+
+
+@pytest.mark.parametrize(
+    "url", ["/relative", "ftp://x/y", "https://", "https://x:port/", "https://u:p@x/"]
+)
+async def test_js_sdk_refuses_what_is_no_page_url(one: World, url: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await one.stub().GetJsSdkSignature(
+            pb.GetJsSdkSignatureRequest(app_id=one.app_id, url=url),
+            metadata=bearer(TEAM_CREDENTIAL),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_a_stalled_refresher_cannot_store_an_older_token(redis_client: redis.Redis) -> None:
     store = CredentialStore(redis_client, "token", lock_ms=100)
     app_id = new_app_id()

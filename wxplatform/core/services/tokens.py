@@ -44,6 +44,27 @@ _FORCE_PER_DAY = 20
 _BEIJING = 8 * 3600
 
 
+def _as_the_browser_reports(url: str) -> str:
+    """The page URL as `location.href` gives it, which is what WeChat signs.
+
+    Without the fragment; scheme and host in lower case, no default port, and `/` for
+    an empty path, as browsers normalize them. The rest (path, query) stays as given.
+    """
+    parts = urllib.parse.urlsplit(url.split("#", 1)[0])
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if scheme not in ("http", "https") or not host or port == -1 or "@" in parts.netloc:
+        raise InvalidRequest(FieldViolation("url", "must be an absolute http(s) URL"))
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        host = f"{host}:{port}"
+    return urllib.parse.urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
+
+
 @dataclass(frozen=True)
 class JsSdkConfig:
     """What a page passes to `wx.config`."""
@@ -123,12 +144,7 @@ class TokenService:
         app = self.app(app_id)
         if app.kind != "official_account":
             raise AppKindMismatch("the JS-SDK belongs to official accounts")
-        page = url.split("#", 1)[0]
-        parts = urllib.parse.urlsplit(page)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidRequest(FieldViolation("url", "must be an absolute http(s) URL"))
-        if not parts.path:
-            page = urllib.parse.urlunsplit(parts._replace(path="/"))  # as the browser reports it
+        page = _as_the_browser_reports(url)
         ticket = await self.tickets.get(app, deadline=deadline)
         nonce = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
         timestamp = int(self._clock.now())
