@@ -232,7 +232,9 @@ class WeChatClient:
         """One HTTP exchange within `remaining` seconds: the status and the whole body."""
         timeout = aiohttp.ClientTimeout(
             total=remaining,
-            connect=min(_CONNECT_TIMEOUT, remaining),  # includes waiting for a pooled one
+            # Includes waiting for a pooled connection. Shorter than `total`, so that a
+            # connection that never opened ends as "not sent", never as "no answer".
+            connect=min(_CONNECT_TIMEOUT, remaining * 0.9),
             sock_read=min(_READ_TIMEOUT, remaining),
         )
         async with self._http().request(
