@@ -174,7 +174,8 @@ class EdgeHandler(tornado.web.RequestHandler):
             metrics.REJECTED.labels(exc.reason).inc()
             log.warning(
                 "rejected",
-                extra={"reason": exc.reason, "detail": exc.detail, "status": status_code},
+                # A detail may quote the request (a duplicated tag name): bounded.
+                extra={"reason": exc.reason, "detail": exc.detail[:200], "status": status_code},
             )
         # send_error cleared the headers prepare() set; the request id lets a caller
         # match this refusal to its log line.

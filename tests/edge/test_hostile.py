@@ -732,6 +732,20 @@ async def test_duplicated_xml_field_is_refused(
     await refused(stack, redis_client, url, body, status=400, reason="payload_duplicate")
 
 
+async def test_a_refusal_logs_a_bounded_line(
+    stack: Stack, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The detail may quote the request: a 10,000-character tag name is not logged whole."""
+    plain = app(stack, "wxplain")
+    tag = "X" * 10_000
+    body = text_xml().replace("</xml>", f"<{tag}>1</{tag}><{tag}>2</{tag}></xml>").encode()
+    url = url_for(stack, plain, plain_query(plain))
+    with caplog.at_level(logging.WARNING, logger="wxplatform.edge"):
+        await refused(stack, redis_client, url, body, status=400, reason="payload_duplicate")
+    (line,) = [r for r in caplog.records if getattr(r, "reason", "") == "payload_duplicate"]
+    assert 0 < len(line.detail) <= 200  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("place", ["encrypted envelope", "inside the ciphertext"])
 async def test_duplicated_field_in_an_encrypted_push_is_refused(
     stack: Stack, redis_client: redis.Redis, place: str
