@@ -424,9 +424,17 @@ async def test_subscribe_messages_use_up_consent(env: Env) -> None:
     )  # fmt: skip
     mini.data["thing1"].value = "hello"
     env.sim.grant_consent(env.mini, FOLLOWER, "SUB_MINI", 1)
-    assert (await stub.SendSubscribeMessage(mini, metadata=meta)).delivery.wechat_msg_id
+    env.sim.set_callback_url(env.mini, env.stacks[0].edge_url)
+    delivery = (await stub.SendSubscribeMessage(mini, metadata=meta)).delivery
+    assert delivery.wechat_msg_id
     (sent,) = env.sim.sent(env.mini)
     assert sent["payload"]["miniprogram_state"] == "trial"
+    await env.sim.drain_callbacks()  # mini programs get subscribe_msg_sent_event too
+    record = await env.stub().GetDelivery(
+        pb.GetDeliveryRequest(app_id=env.mini, delivery_id=delivery.delivery_id),
+        metadata=meta,
+    )
+    assert record.delivery.status == pb.DELIVERY_STATUS_DELIVERED
 
 
 async def test_mini_programs_send_no_template_messages(env: Env) -> None:

@@ -12,7 +12,7 @@ from wxplatform.clock import ManualClock
 from wxplatform.config import AppConfig
 from wxplatform.sim import WeChatSimulator, original_id
 from wxplatform.sim.messages import message_crypto
-from wxplatform.wechat.payload import parse_xml
+from wxplatform.wechat.payload import parse_json, parse_xml
 from wxplatform.wechat.signature import sign
 
 from .send_support import (
@@ -29,20 +29,21 @@ from .send_support import (
     template_body,
     token_for,
 )
-from .sim_support import DOC_MP, PLAIN, SAFE, TOKEN, Received, Receiver
+from .sim_support import DOC_MP, PLAIN, SAFE, Received, Receiver
 
 
 def opened(app: AppConfig, got: Received) -> dict[str, Any]:
     """The fields of a push as a correct edge reads them: signatures checked, decrypted."""
-    q = got.query
-    assert q["signature"] == sign(TOKEN, q["timestamp"], q["nonce"])
-    body = parse_xml(got.body)
+    q, token = got.query, app.token.reveal()
+    parse = parse_json if app.data_format == "json" else parse_xml
+    assert q["signature"] == sign(token, q["timestamp"], q["nonce"])
+    body = parse(got.body)
     if app.encryption == "plaintext":
         return body
     assert q["encrypt_type"] == "aes"
-    assert q["msg_signature"] == sign(TOKEN, q["timestamp"], q["nonce"], body["Encrypt"])
+    assert q["msg_signature"] == sign(token, q["timestamp"], q["nonce"], body["Encrypt"])
     plaintext, _ = message_crypto(app).decrypt(body["Encrypt"])
-    return parse_xml(plaintext.encode())
+    return parse(plaintext.encode())
 
 
 async def ready(sim: WeChatSimulator, client: httpx.AsyncClient, app_id: str) -> str:
@@ -159,14 +160,28 @@ async def test_bizsend_reports_subscribe_msg_sent_event(
     }
 
 
-async def test_mini_program_sends_and_apps_without_a_url_push_nothing(
+async def test_a_mini_programs_subscribe_send_pushes_its_result(
     client: httpx.AsyncClient, sim: WeChatSimulator, receiver: Receiver
 ) -> None:
+    """In the mini program's format (JSON here), `List` a bare object for one template."""
     sim.set_callback_url(DOC_MP, receiver.base_url)
     sim.set_user(DOC_MP, OPENID)
     sim.add_template(DOC_MP, SUB_ID, "subscribe", SUB_KEYS)
     sim.grant_consent(DOC_MP, OPENID, SUB_ID)
     assert await errcode(client, SUBSCRIBE, await token_for(client, DOC_MP), subscribe_body()) == 0
+    [record] = await sim.drain_callbacks()
+    assert record.delivered
+    fields = opened(sim.apps[DOC_MP], receiver.received[0])
+    assert (fields["MsgType"], fields["Event"]) == ("event", "subscribe_msg_sent_event")
+    entry = fields["SubscribeMsgSentEvent"]["List"]
+    assert isinstance(entry, dict)
+    assert (entry["TemplateId"], entry["ErrorCode"]) == (SUB_ID, 0)
+    assert entry["MsgID"] == sim.sent(DOC_MP)[0]["msgid"]
+
+
+async def test_apps_without_a_url_push_nothing(
+    client: httpx.AsyncClient, sim: WeChatSimulator, receiver: Receiver
+) -> None:
     token = await ready(sim, client, PLAIN)
     assert await errcode(client, TEMPLATE, token, template_body()) == 0
     assert await sim.drain_callbacks() == []

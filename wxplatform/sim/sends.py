@@ -179,14 +179,15 @@ class _SubscribeHandler(ApiHandler):
         msgid = state.outbox.new_msgid()
         state.outbox.record(SentMessage(app_id, self.request.path, openid, body, msgid, now))
         self.send_json({"errcode": 0, "errmsg": "ok", "msgid": msgid})
-        if caller.app.kind == "official_account":
-            state.callbacks.schedule(
-                app_id,
-                openid,
-                "subscribe_msg_sent_event",
-                msgid,
-                self._sent_event(app_id, openid, template.template_id, msgid),
-            )
+        # Official accounts and mini programs alike get the result pushed (in a mini
+        # program's JSON format, `List` is a bare object for one template).
+        state.callbacks.schedule(
+            app_id,
+            openid,
+            "subscribe_msg_sent_event",
+            msgid,
+            self._sent_event(app_id, openid, template.template_id, msgid),
+        )
 
     def _sent_event(self, app_id: str, openid: str, template_id: str, msgid: int) -> FieldsBuilder:
         clock = self.state.clock
