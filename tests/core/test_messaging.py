@@ -402,6 +402,21 @@ async def test_a_refused_send_gives_its_window_unit_back(env: Env) -> None:
         await env.customer(f"y{n}", "fine")
 
 
+async def test_wechats_window_refusals_keep_the_unit_spent(env: Env) -> None:
+    """45047 means WeChat counted more sends than core did: trust it, stop calling."""
+    await env.sim.push(
+        env.oa, env.stacks[0].edge_url, text_message(original_id(env.oa), FOLLOWER, "hi")
+    )
+    env.sim.add_fault(CUSTOM_API, errcode=45047, times=-1)
+    for n in range(5):
+        refused = await failure(env.customer(f"q{n}", "again?"))
+        assert error_info(refused)[0] == "WINDOW_QUOTA_EXHAUSTED"
+    assert env.calls(CUSTOM_API) == 5
+    refused = await failure(env.customer("q5", "and again?"))
+    assert error_info(refused)[0] == "WINDOW_QUOTA_EXHAUSTED"
+    assert env.calls(CUSTOM_API) == 5  # refused by core's own count now
+
+
 async def test_subscribe_messages_use_up_consent(env: Env) -> None:
     env.sim.grant_consent(env.oa, FOLLOWER, "SUB_NOTICE", 1)
     request = pb.SendSubscribeMessageRequest(

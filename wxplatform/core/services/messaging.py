@@ -50,6 +50,7 @@ _CLIENT_MSG_ID_EXISTS = 45065  # WeChat already sent this client_msg_id: it is a
 _DAILY_QUOTA = 45009
 _RATE_LIMIT = 45011
 _QUOTA_REFUSALS = frozenset({_DAILY_QUOTA, _RATE_LIMIT})  # WeChat did not act on the message
+_WINDOW_REFUSALS = frozenset({45015, 45047})  # window closed; window quota used up
 _BEIJING = 8 * 3600
 _WAIT_START, _WAIT_CAP = 0.02, 0.2
 # Compare-and-set attempts for one result. Only result events write a stored record,
@@ -315,10 +316,7 @@ class MessagingService:
                     app, idem, digest=digest, delivery=delivery, openid=openid, window=window
                 )
                 raise
-            if exc.errcode == _CLIENT_MSG_ID_EXISTS:
-                delivery.status = pb.DELIVERY_STATUS_SENT  # sent before, under the same id
-                delivery.errmsg = exc.errmsg
-            elif exc.errcode in _QUOTA_REFUSALS:
+            if exc.errcode in _QUOTA_REFUSALS:
                 # WeChat refused the call, not the message, and did not act: the key is
                 # released (as for our own rate limit) so a retry after RetryInfo sends.
                 if exc.errcode == _DAILY_QUOTA:
@@ -327,10 +325,7 @@ class MessagingService:
                     app, idem, digest=digest, delivery=delivery, openid=openid, window=window
                 )
                 raise exc from None
-            else:
-                failure, refund = exc, window
-                delivery.status = pb.DELIVERY_STATUS_REJECTED
-                delivery.errcode, delivery.errmsg = exc.errcode, exc.errmsg
+            failure, refund = _judged(delivery, exc, window)
         except WeChatOutcomeUnknown as exc:
             failure = exc
             delivery.status = pb.DELIVERY_STATUS_UNKNOWN
@@ -481,6 +476,24 @@ class MessagingService:
             if held.state != "pending":
                 return held
         raise IdempotentRequestInProgress("a request with this idempotency key is still in flight")
+
+
+def _judged(
+    delivery: pb.Delivery, refusal: WeChatRefused, window: str
+) -> tuple[WeChatRefused | None, str]:
+    """Record WeChat's verdict on the message; returns (the caller's error, unit to refund).
+
+    45065 is a success (sent before under the same client_msg_id). Otherwise the window
+    unit goes back, unless WeChat says the window is closed or used up: then core's count
+    was behind WeChat's, and keeping the unit spent stops calls WeChat would refuse alike.
+    """
+    if refusal.errcode == _CLIENT_MSG_ID_EXISTS:
+        delivery.status = pb.DELIVERY_STATUS_SENT
+        delivery.errmsg = refusal.errmsg
+        return None, ""
+    delivery.status = pb.DELIVERY_STATUS_REJECTED
+    delivery.errcode, delivery.errmsg = refusal.errcode, refusal.errmsg
+    return refusal, "" if refusal.errcode in _WINDOW_REFUSALS else window
 
 
 def _results(message: inbound.InboundMessage) -> Iterator[tuple[str, SendResult]]:
