@@ -359,7 +359,7 @@ class CallbackHandler(EdgeHandler):
         timestamp = self._check_timestamp(params)
         encrypted = params.get("encrypt_type", "raw") == "aes"
         body = self.body()
-        fields, key_index = self._open(app, params, body, encrypted)
+        fields, key_index, verified = self._open(app, params, body, encrypted)
         if "MsgType" not in fields and fields.get("action") == "CheckContainerPath":
             self._no_reply()  # WeChat cloud hosting's path probe (PROTOCOL.md §3.3)
             return
@@ -370,7 +370,7 @@ class CallbackHandler(EdgeHandler):
             else inbound.DATA_FORMAT_XML,
             signature_timestamp=timestamp,
             nonce=params["nonce"],
-            body_sha256=hashlib.sha256(body).hexdigest(),
+            body_sha256=hashlib.sha256(verified).hexdigest(),
         )
         try:
             message = normalize(app.app_id, fields, transport, self.deps.clock.now())
@@ -445,8 +445,14 @@ class CallbackHandler(EdgeHandler):
 
     def _open(
         self, app: AppConfig, params: dict[str, str], body: bytes, encrypted: bool
-    ) -> tuple[Payload, int]:
-        """Verify and parse the body; decrypt it in safe and compatible mode."""
+    ) -> tuple[Payload, int, bytes]:
+        """Verify and parse the body; decrypt it in safe and compatible mode.
+
+        Returns the fields, the index of the AES key that opened them, and the verified
+        message: the body in plaintext mode, the decrypted message otherwise (a retry
+        WeChat encrypted afresh is then still the same message to the replay guard, and
+        unsigned plaintext fields of a compatible-mode body count for nothing).
+        """
         if not encrypted:
             if app.encryption == "safe":
                 # A plaintext signature does not cover the body: accepting one on a safe
@@ -455,7 +461,7 @@ class CallbackHandler(EdgeHandler):
             if "signature" not in params:
                 raise SignatureMismatch("missing_signature")
             self._verify(app, params)
-            return self._parse(app, body), 0
+            return self._parse(app, body), 0, body
         crypto = self.deps.cryptos.get(app.app_id)
         if crypto is None:
             raise BadParameters("unexpected_encryption")
@@ -471,7 +477,8 @@ class CallbackHandler(EdgeHandler):
             plaintext, key_index = crypto.decrypt(ciphertext)
         except CryptoError as exc:
             raise BadPayload(f"decrypt_{-exc.code}", exc.detail) from None
-        return self._parse(app, plaintext.encode()), key_index
+        message = plaintext.encode()
+        return self._parse(app, message), key_index, message
 
     def _no_reply(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")

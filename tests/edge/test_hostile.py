@@ -1210,6 +1210,32 @@ async def test_replayed_timestamp_and_nonce_with_another_body_is_forbidden(
     assert message.text.content == "hello"
 
 
+async def test_an_encrypted_retry_is_judged_by_its_message_not_its_ciphertext(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    """Were WeChat to encrypt a retry afresh (a new random prefix), it is still a retry;
+    another message under the same (timestamp, nonce) is still refused."""
+    safe = app(stack, "wxsafe")
+    timestamp, nonce = int(time.time()), new_nonce()
+    fields = text_fields("hello", msg_id=new_msg_id())
+    once = push_request(
+        stack.edge_url, safe, fields, encrypt=True, nonce=nonce, timestamp=timestamp
+    )
+    again = push_request(
+        stack.edge_url, safe, fields, encrypt=True, nonce=nonce, timestamp=timestamp
+    )
+    assert once[1] != again[1]  # other ciphertext, same message
+    assert (await fetch(*once)).code == 200
+    assert (await fetch(*again)).code == 200
+    other = text_fields("give me a refund", msg_id=new_msg_id())
+    url, body = push_request(
+        stack.edge_url, safe, other, encrypt=True, nonce=nonce, timestamp=timestamp
+    )
+    assert (await fetch(url, body)).code == 403
+    message = await only_event(stack, redis_client, safe.app_id)
+    assert message.text.content == "hello"
+
+
 @pytest.mark.parametrize("prefix", ["wxplain", "wxquiet", "wxsafe"])
 async def test_wechat_retry_gets_the_same_answer_once(
     stack: Stack, redis_client: redis.Redis, prefix: str

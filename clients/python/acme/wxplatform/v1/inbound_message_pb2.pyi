@@ -384,7 +384,9 @@ class InboundTransport(_message.Message):
     nonce: _builtins.str
     """The push's `nonce` query parameter."""
     body_sha256: _builtins.str
-    """SHA-256 (lowercase hex) of the HTTP body as received."""
+    """SHA-256 (lowercase hex) of the verified message: the HTTP body in plaintext
+    mode, the decrypted message in compatible and safe mode.
+    """
     def __init__(
         self,
         *,
