@@ -31,6 +31,7 @@ from tests.support import (
 from wxplatform.clock import Clock, ManualClock
 from wxplatform.sim import WeChatSimulator, original_id, text_message
 from wxplatform.sim.messages import event_message
+from wxplatform.wechat.daily import next_reset
 
 FOLLOWER = "oFollower00000000000000001"
 TEMPLATE_API = "/cgi-bin/message/template/send"
@@ -281,16 +282,12 @@ async def clocked(redis_client: redis.Redis) -> AsyncIterator[tuple[Env, ManualC
         yield e, clock
 
 
-def _to_beijing_midnight(now: float) -> float:
-    return (now + 8 * 3600) // 86400 * 86400 + 86400 - 8 * 3600 - now
-
-
 async def test_daily_quota_opens_a_circuit(clocked: tuple[Env, ManualClock]) -> None:
     env, clock = clocked
     env.sim.add_fault(TEMPLATE_API, errcode=45009)
     first = await failure(env.template("q1"))
     assert first.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    until_reset = _to_beijing_midnight(clock.now())
+    until_reset = next_reset(clock.now()) - clock.now()
     assert retry_delay(first) == pytest.approx(until_reset, abs=2)
     second = await failure(env.template("q2"))
     assert error_info(second)[0] == "WECHAT_DAILY_QUOTA_EXHAUSTED"

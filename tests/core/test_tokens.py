@@ -33,6 +33,7 @@ from wxplatform.clock import ManualClock
 from wxplatform.core.adapters.credential_store import CredentialStore
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.sim import WeChatSimulator
+from wxplatform.wechat.daily import next_reset
 from wxplatform.wechat.signature import jssdk_signature
 
 
@@ -210,7 +211,7 @@ async def test_past_the_daily_cap_of_forced_refreshes_the_token_stays_in_service
     one: World,
 ) -> None:
     now = one.clock.now()
-    one.clock.advance((now + 8 * 3600) // 86400 * 86400 + 86400 - 8 * 3600 - now + 60)
+    one.clock.advance(next_reset(now) - now + 60)
     token = (await one.token()).access_token  # just after a Beijing midnight: one whole day
     for _ in range(20):
         answer = await _invalidate(one, token)
@@ -310,6 +311,11 @@ async def test_wechat_failures_map_to_typed_errors(
         assert metadata["errcode"] == str(fault["errcode"])
     secret = one.replicas[0].settings.apps[one.app_id].app_secret.reveal()
     assert secret not in (caught.value.details() or "")
+    if fault.get("errcode") == 45009:  # try again after WeChat's daily reset
+        now = one.clock.now()
+        reset = next_reset(now)
+        assert retry_delay(caught.value) == pytest.approx(reset - now, abs=2)
+        assert 0 < reset - now <= 86400
 
 
 async def test_a_dropped_connection_on_a_token_fetch_is_retried(one: World) -> None:

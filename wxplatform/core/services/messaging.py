@@ -40,6 +40,7 @@ from wxplatform.errors import (
     WindowQuotaExhausted,
     WxPlatformError,
 )
+from wxplatform.wechat.daily import next_reset
 from wxplatform.wechat.errcodes import classify
 
 __all__ = ["MessagingService"]
@@ -51,7 +52,6 @@ _DAILY_QUOTA = 45009
 _RATE_LIMIT = 45011
 _QUOTA_REFUSALS = frozenset({_DAILY_QUOTA, _RATE_LIMIT})  # WeChat did not act on the message
 _WINDOW_REFUSALS = frozenset({45015, 45047})  # window closed; window quota used up
-_BEIJING = 8 * 3600
 _WAIT_START, _WAIT_CAP = 0.02, 0.2
 # Compare-and-set attempts for one result. Only result events write a stored record,
 # and WeChat reports once per msgid, so a conflict is a rare duplicate of the same event.
@@ -426,7 +426,7 @@ class MessagingService:
         Returns `refusal` with a RetryInfo delay that ends at the reset.
         """
         now = self._clock.now()
-        next_midnight = ((now + _BEIJING) // 86400 + 1) * 86400 - _BEIJING
+        next_midnight = next_reset(now)
         try:
             await self._store.trip_circuit(
                 app.app_id, api, int(next_midnight * 1000), int(now * 1000)

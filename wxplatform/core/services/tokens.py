@@ -28,6 +28,7 @@ from wxplatform.errors import (
     WeChatUnavailable,
     WxPlatformError,
 )
+from wxplatform.wechat.daily import day_number, next_reset
 from wxplatform.wechat.errcodes import classify
 from wxplatform.wechat.signature import jssdk_signature
 
@@ -41,7 +42,7 @@ log = logging.getLogger("wxplatform.core.tokens")
 # a day (PROTOCOL.md §5.1). Counted per Beijing day, when WeChat's quotas reset.
 _FORCE_GAP_MS = 30_000
 _FORCE_PER_DAY = 20
-_BEIJING = 8 * 3600
+_DAILY_QUOTA = 45009
 
 
 def _as_the_browser_reports(url: str) -> str:
@@ -154,6 +155,25 @@ class TokenService:
     async def _fetch_token(
         self, app: AppConfig, rejected: str | None, deadline: float
     ) -> tuple[str, int]:
+        try:
+            return await self._new_token(app, rejected, deadline)
+        except WeChatRefused as exc:
+            if exc.errcode != _DAILY_QUOTA:
+                raise
+            # The token endpoint's daily quota (2,000 calls for /cgi-bin/token): when
+            # to try again is WeChat's daily reset.
+            now = self._clock.now()
+            raise WeChatRefused(
+                exc.reason,
+                exc.errcode,
+                exc.errmsg,
+                exc.rid,
+                retry_after=max(next_reset(now) - now, 1.0),
+            ) from None
+
+    async def _new_token(
+        self, app: AppConfig, rejected: str | None, deadline: float
+    ) -> tuple[str, int]:
         if app.token_mode == "classic":  # noqa: S105 - a mode name
             data = await self._wechat.get(
                 "/cgi-bin/token",
@@ -172,19 +192,21 @@ class TokenService:
         # Normal mode hands back the same token while WeChat thinks it valid; the caller
         # saw it rejected (leaked and force-refreshed elsewhere), so force a new one.
         now = self._clock.now()
-        day = int((now + _BEIJING) // 86400)
         wait_ms = await self._force_store.allow_forced_refresh(
-            app.app_id, int(now * 1000), day, gap_ms=_FORCE_GAP_MS, per_day=_FORCE_PER_DAY
+            app.app_id,
+            int(now * 1000),
+            day_number(now),
+            gap_ms=_FORCE_GAP_MS,
+            per_day=_FORCE_PER_DAY,
         )
         if wait_ms != 0:
             # WeChat's limits forbid forcing now. The token stays in service (WeChat
             # itself still hands it out); only this refresh fails.
-            next_day = (day + 1) * 86400 - _BEIJING
             raise StillCurrent(
                 *token,
                 TokenRefreshLimited(
                     "a forced token refresh is limited to one per 30 s and 20 a day",
-                    retry_after=wait_ms / 1000 if wait_ms > 0 else max(next_day - now, 1.0),
+                    retry_after=wait_ms / 1000 if wait_ms > 0 else max(next_reset(now) - now, 1.0),
                 ),
             )
         try:
