@@ -209,6 +209,9 @@ class WeChatRefused(WxPlatformError):
         self.errcode = errcode
         self.errmsg = errmsg
         self.rid = rid
+        # Set by the client when an earlier attempt of the same call may have reached
+        # WeChat (it was retried): a refusal of this attempt says nothing about that one.
+        self.after_possible_send = False
 
 
 class WeChatUnavailable(WxPlatformError):

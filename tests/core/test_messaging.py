@@ -299,6 +299,24 @@ async def test_daily_quota_opens_a_circuit(clocked: tuple[Env, ManualClock]) -> 
     assert env.calls(TEMPLATE_API) == 2
 
 
+async def test_a_quota_refusal_after_a_possible_send_is_an_unknown_outcome(
+    clocked: tuple[Env, ManualClock],
+) -> None:
+    """The retry of a send met the daily quota, but the first attempt may have been
+    delivered: WeChat's duplicate check lasts 10 minutes, so releasing the key would let
+    tomorrow's retry send the message twice."""
+    env, clock = clocked
+    env.sim.add_fault(TEMPLATE_API, http_status=502)  # may have acted: retried
+    env.sim.add_fault(TEMPLATE_API, errcode=45009)
+    first = await failure(env.template("quota-after-502"))
+    assert error_info(first)[0] == "WECHAT_OUTCOME_UNKNOWN"
+    assert env.calls(TEMPLATE_API) == 2
+    clock.advance(next_reset(clock.now()) - clock.now() + 1)  # the circuit has closed
+    again = await failure(env.template("quota-after-502"))
+    assert error_info(again)[0] == "WECHAT_OUTCOME_UNKNOWN"
+    assert env.calls(TEMPLATE_API) == 2  # never resent under the key
+
+
 async def test_wechats_rate_limit_leaves_the_key_usable(env: Env) -> None:
     env.sim.add_fault(TEMPLATE_API, errcode=45011)
     refused = await failure(env.template("busy-1"))

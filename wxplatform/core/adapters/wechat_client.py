@@ -157,6 +157,9 @@ class WeChatClient:
                 )
             except _Retry as retry:
                 last, maybe_sent = retry.error, maybe_sent or retry.maybe_sent
+            except WeChatRefused as refusal:
+                refusal.after_possible_send = maybe_sent
+                raise
             if attempt < _MAX_ATTEMPTS:
                 pause = min(
                     delay * random.uniform(0.5, 1.5),  # noqa: S311 - jitter, not crypto

@@ -316,16 +316,25 @@ class MessagingService:
                     app, idem, digest=digest, delivery=delivery, openid=openid, window=window
                 )
                 raise
-            if exc.errcode in _QUOTA_REFUSALS:
+            if exc.errcode == _DAILY_QUOTA:
+                exc = await self._trip(app, outbound.api, exc)
+            if exc.errcode in _QUOTA_REFUSALS and not exc.after_possible_send:
                 # WeChat refused the call, not the message, and did not act: the key is
                 # released (as for our own rate limit) so a retry after RetryInfo sends.
-                if exc.errcode == _DAILY_QUOTA:
-                    exc = await self._trip(app, outbound.api, exc)
                 await self._release(
                     app, idem, digest=digest, delivery=delivery, openid=openid, window=window
                 )
                 raise exc from None
-            failure, refund = _judged(delivery, exc, window)
+            if exc.errcode in _QUOTA_REFUSALS:
+                # An earlier attempt may have been delivered, and WeChat's duplicate check
+                # (client_msg_id) lasts 10 minutes: the outcome is unknown, never resent.
+                failure = WeChatOutcomeUnknown(
+                    f"an earlier attempt may have reached WeChat; then {exc.errcode} {exc.errmsg}"
+                )
+                delivery.status = pb.DELIVERY_STATUS_UNKNOWN
+                delivery.errmsg = failure.message
+            else:
+                failure, refund = _judged(delivery, exc, window)
         except WeChatOutcomeUnknown as exc:
             failure = exc
             delivery.status = pb.DELIVERY_STATUS_UNKNOWN
@@ -438,13 +447,15 @@ class MessagingService:
                 "daily quota exhausted; circuit open until the daily reset",
                 extra={"app_id": app.app_id, "api": api},
             )
-        return WeChatRefused(
+        tripped = WeChatRefused(
             refusal.reason,
             refusal.errcode,
             refusal.errmsg,
             refusal.rid,
             retry_after=max(next_midnight - now, 1.0),
         )
+        tripped.after_possible_send = refusal.after_possible_send
+        return tripped
 
     async def _replay(self, app: AppConfig, delivery_id: str) -> pb.Delivery:
         """The original outcome of a completed request with this key: result or error."""
