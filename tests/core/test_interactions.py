@@ -57,7 +57,7 @@ async def windows(client: redis.Redis, app_id: str, openid: str) -> dict[str, tu
     now_ms = time.time() * 1000
     out = {}
     for field, value in stored.items():
-        if not field.endswith(b":used"):
+        if b":" not in field:  # not `<kind>:used`, `<kind>:at` or `unfollowed:at`
             expires_ms, quota = value.decode().split(":")
             minutes = round((int(expires_ms) - now_ms) / 60_000)
             out[field.decode()] = (minutes * 60, int(quota))

@@ -16,6 +16,8 @@ import redis.asyncio as redis
 
 from acme.wxplatform.v1 import messaging_service_pb2 as pb
 from acme.wxplatform.v1 import messaging_service_pb2_grpc
+from tests.core.test_interactions import deliver as deliver_to_core
+from tests.core.test_interactions import event as interaction_event
 from tests.support import (
     TEAM_CREDENTIAL,
     Stack,
@@ -389,6 +391,32 @@ async def test_an_unfollow_closes_the_window(env: Env) -> None:
     error = await failure(env.customer("w2", "still there?"))
     assert error_info(error)[0] == "WINDOW_CLOSED"
     assert env.calls(CUSTOM_API) == 1
+
+
+async def test_a_late_unfollow_closes_only_the_windows_before_it(env: Env) -> None:
+    """The user unfollowed, then followed and wrote again; the unfollow's push waited in
+    the edge's spool and reaches core last, as the edge's replay delivers it."""
+    edge, to = env.stacks[0].edge_url, original_id(env.oa)
+    now = int(time.time())
+    back = event_message(to, FOLLOWER, "subscribe", create_time=now - 50)
+    assert (await env.sim.push(env.oa, edge, back)).ok
+    assert (await env.sim.push(env.oa, edge, text_message(to, FOLLOWER, "hi", 71, now))).ok
+    late = interaction_event(env.oa, FOLLOWER, "unsubscribe")
+    late.create_time = now - 100
+    await deliver_to_core(env.stacks[0], late)
+    assert (await env.customer("u1", "welcome back")).status == pb.DELIVERY_STATUS_SENT
+
+
+async def test_an_interaction_from_before_an_unfollow_opens_nothing(env: Env) -> None:
+    edge, to = env.stacks[0].edge_url, original_id(env.oa)
+    now = int(time.time())
+    gone = event_message(to, FOLLOWER, "unsubscribe", create_time=now - 10)
+    assert (await env.sim.push(env.oa, edge, gone)).ok
+    late = text_message(to, FOLLOWER, "written before leaving", 72, now - 100)
+    assert (await env.sim.push(env.oa, edge, late)).ok
+    error = await failure(env.customer("u2", "anyone?"))
+    assert error_info(error)[0] == "WINDOW_CLOSED"
+    assert env.calls(CUSTOM_API) == 0
 
 
 async def test_a_late_older_interaction_does_not_restore_used_quota(env: Env) -> None:

@@ -29,10 +29,14 @@ _WINDOW_KEY_TTL_MS = (48 * 3600 + 60) * 1000  # the longest window (48 h) and a 
 
 # KEYS: dedup key, nonce key ("" = none), event stream, window hash.
 # ARGV: body digest, nonce ttl ms, reply, dedup ttl ms, retention, message, msg_type,
-#       event, window key ttl ms, "1" to close every window first (an unfollow), then
-#       window kind / "<expires ms>:<quota>" pairs. A grant replaces a window of its kind
-#       only if it ends later: a late push (replayed from the edge's spool) must not
-#       hand back the quota a newer interaction's window has used.
+#       event, window key ttl ms, the interaction's time (ms), "1" if it is an unfollow,
+#       then window kind / "<expires ms>:<quota>" pairs.
+# Pushes can arrive late (replayed from the edge's spool), so the window hash keeps
+# when each window was opened (`<kind>:at`) and the latest unfollow (`unfollowed:at`):
+# an unfollow closes only the windows opened before it (or in the same second), an
+# interaction older than the latest unfollow opens nothing, and a grant replaces a
+# window of its kind only if it ends no earlier (a late push must not hand back quota
+# a newer window has used).
 _ACCEPT = """
 if KEYS[2] ~= '' then
   local seen = redis.call('GET', KEYS[2])
@@ -44,13 +48,29 @@ if stored then return {'seen', stored} end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*',
                       'm', ARGV[6], 't', ARGV[7], 'e', ARGV[8])
-if ARGV[10] == '1' then redis.call('DEL', KEYS[4]) end
-for i = 11, #ARGV, 2 do
-  local held = redis.call('HGET', KEYS[4], ARGV[i])
-  local ends = tonumber(string.match(ARGV[i + 1], '^%d+'))
-  if not held or tonumber(string.match(held, '^%d+')) < ends then
-    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1], ARGV[i] .. ':used', 0)
-    redis.call('PEXPIRE', KEYS[4], ARGV[9])
+local at = tonumber(ARGV[10])
+local unfollowed = tonumber(redis.call('HGET', KEYS[4], 'unfollowed:at') or '0')
+if ARGV[11] == '1' and at > unfollowed then
+  local fields = redis.call('HGETALL', KEYS[4])
+  for i = 1, #fields, 2 do
+    local kind = fields[i]
+    if not string.find(kind, ':', 1, true) then
+      local opened = tonumber(redis.call('HGET', KEYS[4], kind .. ':at') or '0')
+      if opened <= at then redis.call('HDEL', KEYS[4], kind, kind .. ':used', kind .. ':at') end
+    end
+  end
+  redis.call('HSET', KEYS[4], 'unfollowed:at', at)
+  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+end
+if at >= unfollowed then
+  for i = 12, #ARGV, 2 do
+    local held = redis.call('HGET', KEYS[4], ARGV[i])
+    local ends = tonumber(string.match(ARGV[i + 1], '^%d+'))
+    if not held or tonumber(string.match(held, '^%d+')) <= ends then
+      redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1], ARGV[i] .. ':used', 0,
+                 ARGV[i] .. ':at', at)
+      redis.call('PEXPIRE', KEYS[4], ARGV[9])
+    end
   end
 end
 return {'new', id}
@@ -144,6 +164,7 @@ class IngressStore:
             accepted.event,
             # Never shorten the window key's life: it also holds the user's longer windows.
             _WINDOW_KEY_TTL_MS,
+            accepted.now_ms,
             "1" if accepted.close_windows else "0",
             *window_args,
         ]
