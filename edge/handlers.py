@@ -32,7 +32,7 @@ from edge.errors import (
 from edge.normalize import normalize
 from edge.replayer import Replayer
 from edge.replies import reply_fields
-from edge.spool import Spool, SpoolUnavailable
+from edge.spool import Spool, SpoolConflict, SpoolUnavailable
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.logs import REQUEST_ID_HEADER, new_request_id, request_id
@@ -404,6 +404,10 @@ class CallbackHandler(EdgeHandler):
                 signed=f"{transport.signature_timestamp}:{transport.nonce}",
                 body_sha256=transport.body_sha256,
             )
+        except SpoolConflict:  # checked again with the write: two pushes at once
+            raise SignatureMismatch(
+                "replayed_request", "a spooled push has its timestamp and nonce"
+            ) from None
         except SpoolUnavailable as exc:
             metrics.SPOOL_FAILURES.inc()
             log.error(

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Spool", "SpoolEntry", "SpoolUnavailable"]
+__all__ = ["Spool", "SpoolConflict", "SpoolEntry", "SpoolUnavailable"]
 
 T = TypeVar("T")
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS spool (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     app_id      TEXT    NOT NULL,
@@ -32,20 +33,29 @@ CREATE TABLE IF NOT EXISTS spool (
     received_at REAL    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     next_try_at REAL    NOT NULL,
-    message     BLOB    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS spool_due ON spool (next_try_at, id);
-"""
-# Added later (a spool file may predate them): the push's signed (timestamp, nonce) and
-# its body digest, so that a replay of a spooled push's URL with another body is refused.
-_SIGNED_COLUMNS = {"signed": "TEXT NOT NULL DEFAULT ''", "body_sha256": "TEXT NOT NULL DEFAULT ''"}
-
+    message     BLOB    NOT NULL,
+    signed      TEXT    NOT NULL DEFAULT '',
+    body_sha256 TEXT    NOT NULL DEFAULT ''
+)
+""",
+    "CREATE INDEX IF NOT EXISTS spool_due ON spool (next_try_at, id)",
+)
+# Columns added after the first release: a spool file written by it lacks them. They hold
+# the push's signed "timestamp:nonce" and its message digest, so that a replay of a
+# spooled push's URL with another message is refused (`conflicts`, `put`).
+_ADDED_COLUMNS = {"signed": "TEXT NOT NULL DEFAULT ''", "body_sha256": "TEXT NOT NULL DEFAULT ''"}
+_SIGNED_INDEX = "CREATE INDEX IF NOT EXISTS spool_signed ON spool (app_id, signed)"
+_CONFLICT = "SELECT 1 FROM spool WHERE app_id = ? AND signed = ? AND body_sha256 != ? LIMIT 1"
 
 _BUSY_MS = 5000  # how long a write waits for another process's write to finish
 
 
 class SpoolUnavailable(Exception):
     """The spool cannot store a message (full, or a disk error)."""
+
+
+class SpoolConflict(Exception):
+    """A spooled push of the app has this "timestamp:nonce" with another message."""
 
 
 @dataclass(frozen=True)
@@ -67,14 +77,31 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-spool")
+        # Reads (depth, conflicts) on a connection and thread of their own: in WAL mode
+        # they never wait for a write, so a push's check does not queue behind a claim
+        # that waits for another worker's write lock.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-spool-read")
         self._db: sqlite3.Connection | None = None
+        self._read_db: sqlite3.Connection | None = None
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _read(self, sql: str, args: tuple[Any, ...]) -> Any:
+        def query() -> Any:
+            if self._read_db is None:
+                raise SpoolUnavailable("spool is not open")
+            return self._read_db.execute(sql, args).fetchone()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, query)
+        except sqlite3.Error as exc:
+            raise SpoolUnavailable(f"spool read failed: {exc.__class__.__name__}") from exc
+
     async def open(self) -> None:
-        """Create or open the database file."""
+        """Create or open the database file (and bring an older one's schema up to date)."""
         await self._run(self._open)
+        await asyncio.get_running_loop().run_in_executor(self._reader, self._open_reader)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,16 +109,32 @@ class Spool:
         db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")  # other edge workers share the file
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # durable before we acknowledge WeChat
+        # Workers starting together: one at a time creates or upgrades the schema.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(spool)")}
+            for name, declaration in _ADDED_COLUMNS.items():
+                if name not in columns:
+                    db.execute(f"ALTER TABLE spool ADD COLUMN {name} {declaration}")
+            db.execute(_SIGNED_INDEX)
+        except BaseException:
+            db.execute("ROLLBACK")
+            db.close()
+            raise
+        db.execute("COMMIT")
+        # The cap comes after the schema: an old spool filled up to it during an outage
+        # must still get its new index, or its pushes could never be replayed.
         page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
         # SQLite itself refuses writes past this size ("database or disk is full").
         db.execute(f"PRAGMA max_page_count={max(self.max_bytes // page_size, 16)}")
-        db.executescript(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(spool)")}
-        for name, declaration in _SIGNED_COLUMNS.items():
-            if name not in columns:
-                db.execute(f"ALTER TABLE spool ADD COLUMN {name} {declaration}")
-        db.execute("CREATE INDEX IF NOT EXISTS spool_signed ON spool (app_id, signed)")
         self._db = db
+
+    def _open_reader(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        self._read_db = db
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -111,7 +154,8 @@ class Spool:
         """Store a message durably; raises `SpoolUnavailable` when it cannot.
 
         `signed` (the push's "timestamp:nonce") and `body_sha256` are what `conflicts`
-        looks up.
+        looks up; `SpoolConflict` when a spooled push has the same `signed` and another
+        message (checked and stored in one transaction).
         """
         row = (app_id, request_id, received_at, received_at, message, signed, body_sha256)
         try:
@@ -121,33 +165,29 @@ class Spool:
         return row_id
 
     def _put(self, row: tuple[Any, ...]) -> int:
-        cursor = self._conn().execute(
-            "INSERT INTO spool (app_id, request_id, received_at, next_try_at, message, signed,"
-            " body_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
+        db = self._conn()
+        app_id, signed, body_sha256 = row[0], row[5], row[6]
+        db.execute("BEGIN IMMEDIATE")  # the check and the insert as one, across workers
+        try:
+            if signed and db.execute(_CONFLICT, (app_id, signed, body_sha256)).fetchone():
+                raise SpoolConflict(signed)
+            cursor = db.execute(
+                "INSERT INTO spool (app_id, request_id, received_at, next_try_at, message,"
+                " signed, body_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
         return int(cursor.lastrowid or 0)
 
     async def conflicts(self, app_id: str, signed: str, body_sha256: str) -> bool:
-        """Whether a spooled push of the app has this "timestamp:nonce" but another body.
+        """Whether a spooled push of the app has this "timestamp:nonce" but another message.
 
         Raises `SpoolUnavailable` when the spool cannot tell.
         """
-        try:
-            row = await self._run(
-                lambda: (
-                    self._conn()
-                    .execute(
-                        "SELECT 1 FROM spool WHERE app_id = ? AND signed = ? AND body_sha256 != ?"
-                        " LIMIT 1",
-                        (app_id, signed, body_sha256),
-                    )
-                    .fetchone()
-                )
-            )
-        except sqlite3.Error as exc:
-            raise SpoolUnavailable(f"spool read failed: {exc.__class__.__name__}") from exc
-        return row is not None
+        return await self._read(_CONFLICT, (app_id, signed, body_sha256)) is not None
 
     async def claim(self, now: float, limit: int, lease_seconds: float) -> list[SpoolEntry]:
         """Due entries, oldest first, leased until `now + lease_seconds`.
@@ -200,17 +240,16 @@ class Spool:
 
     async def depth(self) -> int:
         """How many entries wait; raises `SpoolUnavailable` when the spool cannot tell."""
-        try:
-            count: int = await self._run(
-                lambda: int(self._conn().execute("SELECT COUNT(*) FROM spool").fetchone()[0])
-            )
-        except sqlite3.Error as exc:
-            raise SpoolUnavailable(f"spool read failed: {exc.__class__.__name__}") from exc
-        return count
+        return int((await self._read("SELECT COUNT(*) FROM spool", ()))[0])
 
     async def close(self) -> None:
         """Close the database and its thread."""
+        loop = asyncio.get_running_loop()
+        if self._read_db is not None:
+            await loop.run_in_executor(self._reader, self._read_db.close)
+            self._read_db = None
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
+        self._reader.shutdown(wait=True)
         self._executor.shutdown(wait=True)

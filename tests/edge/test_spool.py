@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import cast
 
+import pytest
 import redis.asyncio as redis
 from tornado.httpclient import AsyncHTTPClient
 
@@ -13,7 +15,7 @@ from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from edge import metrics
 from edge.core_client import CoreClient
 from edge.replayer import Replayer
-from edge.spool import Spool
+from edge.spool import Spool, SpoolConflict
 from tests.edge.signing import push_request, text_fields
 from tests.support import (
     EDGE_CREDENTIAL,
@@ -199,3 +201,88 @@ async def test_a_replay_of_a_spooled_push_with_another_body_is_refused(
             assert [m.text.content for m in stored] == ["genuine"]
         finally:
             await restarted.stop()
+
+
+# The schema of the first release: no `signed` / `body_sha256` columns.
+_FIRST_SCHEMA = """
+CREATE TABLE spool (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id      TEXT    NOT NULL,
+    request_id  TEXT    NOT NULL,
+    received_at REAL    NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_try_at REAL    NOT NULL,
+    message     BLOB    NOT NULL
+);
+CREATE INDEX spool_due ON spool (next_try_at, id);
+"""
+
+
+def first_release_spool(path: Path, *, pages: int | None = None) -> int:
+    """A spool file as the first release left it; filled up to `pages` if given."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    if pages is not None:
+        db.execute(f"PRAGMA max_page_count={pages}")
+    db.executescript(_FIRST_SCHEMA)
+    rows = 0
+    try:
+        while pages is not None or rows < 3:
+            db.execute(
+                "INSERT INTO spool (app_id, request_id, received_at, next_try_at, message)"
+                " VALUES ('wxold', ?, 1.0, 1.0, ?)",
+                (f"r{rows}", b"m" * 2000),
+            )
+            rows += 1
+    except sqlite3.OperationalError as exc:  # the cap: "database or disk is full"
+        if "full" not in str(exc):
+            raise
+    db.close()
+    return rows
+
+
+async def test_an_older_spool_file_is_upgraded_by_workers_starting_together(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.sqlite3"
+    first_release_spool(path)
+    spools = [Spool(path, max_bytes=1 << 24) for _ in range(4)]
+    await asyncio.gather(*(spool.open() for spool in spools))  # one thread each: a race
+    try:
+        entries = await spools[0].claim(10.0, 10, lease_seconds=60)
+        assert [e.request_id for e in entries] == ["r0", "r1", "r2"]
+        await spools[1].put("wxold", "r3", 2.0, b"m", signed="5:n", body_sha256="aa")
+        assert await spools[2].conflicts("wxold", "5:n", "bb")
+    finally:
+        for spool in spools:
+            await spool.close()
+
+
+async def test_an_older_spool_filled_to_its_cap_still_opens(tmp_path: Path) -> None:
+    """After a long outage the spool is full; the upgrade's index must still be built."""
+    path = tmp_path / "spool.sqlite3"
+    pages = 256
+    rows = first_release_spool(path, pages=pages)
+    page_size = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
+    spool = Spool(path, max_bytes=pages * page_size)
+    await spool.open()
+    try:
+        assert await spool.depth() == rows
+        assert len(await spool.claim(10.0, rows, lease_seconds=60)) == rows
+    finally:
+        await spool.close()
+
+
+async def test_a_conflicting_push_is_refused_by_the_write_itself(tmp_path: Path) -> None:
+    """Two pushes with one (timestamp, nonce) at once: the spool keeps only the first."""
+    spool = Spool(tmp_path / "spool.sqlite3", max_bytes=1 << 24)
+    await spool.open()
+    try:
+        await spool.put("wxapp", "r1", 1.0, b"a", signed="100:n1", body_sha256="aa")
+        with pytest.raises(SpoolConflict):
+            await spool.put("wxapp", "r2", 1.0, b"b", signed="100:n1", body_sha256="bb")
+        await spool.put("wxapp", "r3", 1.0, b"a", signed="100:n1", body_sha256="aa")  # a retry
+        await spool.put("wxother", "r4", 1.0, b"b", signed="100:n1", body_sha256="bb")
+        assert await spool.depth() == 3
+    finally:
+        await spool.close()
