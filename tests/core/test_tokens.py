@@ -362,6 +362,11 @@ async def test_js_sdk_signature(one: World) -> None:
         ("http://shop.example.com:80", "http://shop.example.com/"),
         ("https://shop.example.com:8443/a?b#c", "https://shop.example.com:8443/a?b"),
         ("https://[::1]:8443/a", "https://[::1]:8443/a"),
+        (
+            "https://例子.测试/页?q=书 1",
+            "https://xn--fsqu00a.xn--0zwm56d/%E9%A1%B5?q=%E4%B9%A6%201",
+        ),
+        ("https://x.cn/a%20b?c=%E4%B9%A6", "https://x.cn/a%20b?c=%E4%B9%A6"),
     ],
 )
 async def test_js_sdk_signs_the_url_as_the_browser_reports_it(

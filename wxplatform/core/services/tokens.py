@@ -48,8 +48,10 @@ _DAILY_QUOTA = 45009
 def _as_the_browser_reports(url: str) -> str:
     """The page URL as `location.href` gives it, which is what WeChat signs.
 
-    Without the fragment; scheme and host in lower case, no default port, and `/` for
-    an empty path, as browsers normalize them. The rest (path, query) stays as given.
+    Without the fragment; scheme and host in lower case (an internationalized host in
+    punycode), no default port, `/` for an empty path, and non-ASCII characters and
+    spaces in path and query %-escaped, as browsers normalize them. The rest stays as
+    given (existing escapes are kept).
     """
     parts = urllib.parse.urlsplit(url.split("#", 1)[0])
     scheme, host = parts.scheme.lower(), (parts.hostname or "")
@@ -61,9 +63,23 @@ def _as_the_browser_reports(url: str) -> str:
         raise InvalidRequest(FieldViolation("url", "must be an absolute http(s) URL"))
     if ":" in host:  # IPv6
         host = f"[{host}]"
+    elif not host.isascii():  # the browser shows an internationalized name as punycode
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidRequest(FieldViolation("url", "has an invalid host name")) from None
     if port is not None and port != {"http": 80, "https": 443}[scheme]:
         host = f"{host}:{port}"
-    return urllib.parse.urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
+    path, query = _escaped(parts.path or "/"), _escaped(parts.query)
+    return urllib.parse.urlunsplit((scheme, host, path, query, ""))
+
+
+_PRINTABLE_ASCII = "".join(chr(code) for code in range(0x21, 0x7F))
+
+
+def _escaped(text: str) -> str:
+    """Non-ASCII characters, spaces and controls as UTF-8 %-escapes, as `location.href`."""
+    return urllib.parse.quote(text, safe=_PRINTABLE_ASCII)
 
 
 @dataclass(frozen=True)
