@@ -174,3 +174,51 @@ async def test_one_group_served_by_two_replicas(redis_client: redis.Redis) -> No
         assert sorted(e.message.text.content for e in got) == [f"m{n}" for n in range(6)]
         on_one.cancel()
         on_two.cancel()
+
+
+ONE_SECOND = duration_pb2.Duration(seconds=1)
+
+
+async def test_a_full_consumer_gets_its_own_expired_events_back(stack: Stack) -> None:
+    """At max_in_flight, events held past the visibility timeout no longer count."""
+    await deliver(stack, "slow job")
+    stream = subscribe(stack, "full", "f1", max_in_flight=1, visibility_timeout=ONE_SECOND)
+    (first,) = await read(stream, 1)
+    (again,) = await read(stream, 1)  # never acknowledged: back after a second
+    assert (again.event_id, again.delivery_count) == (first.event_id, 2)
+    stream.cancel()
+
+
+async def test_a_restarted_consumer_takes_back_what_it_held(stack: Stack) -> None:
+    """A consumer that crashed holding max_in_flight events reconnects under its name."""
+    await deliver(stack, "a", "b", first_id=41)
+    crashed = subscribe(stack, "restarts", "r1", max_in_flight=2, visibility_timeout=ONE_SECOND)
+    held = await read(crashed, 2)
+    crashed.cancel()
+    back = subscribe(stack, "restarts", "r1", max_in_flight=2, visibility_timeout=ONE_SECOND)
+    again = await read(back, 2)
+    assert sorted(e.event_id for e in again) == sorted(e.event_id for e in held)
+    assert all(e.delivery_count == 2 for e in again)
+    back.cancel()
+
+
+async def test_an_event_is_held_for_its_holders_visibility_timeout(stack: Stack) -> None:
+    """A consumer with a short timeout does not take an event a patient one holds."""
+    await deliver(stack, "long job")
+    patient = subscribe(stack, "mixed", "p1", visibility_timeout=duration_pb2.Duration(seconds=60))
+    (held,) = await read(patient, 1)
+    hasty = subscribe(stack, "mixed", "h1", visibility_timeout=ONE_SECOND)
+    with pytest.raises(TimeoutError):
+        await read(hasty, 1, timeout=2.5)
+    assert await ack(stack, "mixed", held.event_id) == 1
+    patient.cancel()
+    hasty.cancel()
+
+
+async def test_open_streams_do_not_starve_ingress(stack: Stack) -> None:
+    """Each open stream holds a connection in a blocking read: they have their own pool."""
+    streams = [subscribe(stack, "crowd", f"c{n}") for n in range(300)]
+    await asyncio.sleep(1.5)  # every stream is in its blocking read
+    await deliver(stack, *(f"push {n}" for n in range(20)), first_id=500)
+    for stream in streams:
+        stream.cancel()

@@ -2,9 +2,10 @@
 
 Groups are Redis consumer groups on `wxp:{app}:events`, so every group sees every event
 and the consumers of one group share them, whichever core replica each is connected to.
-Unacknowledged events stay in the group's pending list; `claim_idle` hands those idle
-longer than the visibility timeout to another consumer and reports how often each was
-delivered, so the service can dead-letter the ones that keep failing.
+Unacknowledged events stay in the group's pending list. `claim` hands a consumer those
+whose holder's visibility timeout has passed (each consumer's own timeout applies to the
+events it holds) and moves the ones delivered too often to the dead-letter stream, in
+one script, so nothing is claimed by two consumers or dead-lettered twice.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
+from wxplatform.core.adapters.redis_client import own_pool
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.errors import StoreUnavailable
 
@@ -48,17 +50,87 @@ def _event(event_id: Any, fields: dict[bytes, bytes], delivery_count: int) -> St
     )
 
 
+# Pending-list entries looked at per claim: bounds a claim's work inside Redis.
+_SCAN = 1000
+# Connections for the blocking reads of open event streams, one per stream reading:
+# past this many streams per replica, a new one is refused (UNAVAILABLE) while ingress
+# and sends keep their own pool.
+_READERS = 512
+_VISIBILITY_TTL_MS = 24 * 3600 * 1000  # a departed consumer's timeout outlives its events
+
+# KEYS: stream, the group's visibility hash (consumer → ms), dead-letter stream.
+# ARGV: group, consumer, its visibility ms, max in flight, max deliveries, retention,
+#       scan limit, visibility hash ttl ms.
+# → {room left, then id, flat fields, delivery count for each event claimed}.
+# In flight = this consumer's pending events not yet past its visibility timeout. An
+# event is claimable once idle longer than its holder's timeout (the claimer's if the
+# holder is unknown); one past `max deliveries` goes to the dead-letter stream instead.
+_CLAIM = """
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[8])
+local mine = tonumber(ARGV[3])
+local timeouts, lowest = {}, mine
+local stored = redis.call('HGETALL', KEYS[2])
+for i = 1, #stored, 2 do
+  local ms = tonumber(stored[i + 1])
+  timeouts[stored[i]] = ms
+  if ms < lowest then lowest = ms end
+end
+local room = tonumber(ARGV[4])
+for _, entry in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[7], ARGV[2])) do
+  if entry[3] < mine then room = room - 1 end
+end
+local out = {room}
+if room <= 0 then return out end
+local idle = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', lowest, '-', '+', ARGV[7])
+for _, entry in ipairs(idle) do
+  if room <= 0 then break end
+  local id, holder, count = entry[1], entry[2], entry[4]
+  local timeout = timeouts[holder] or mine
+  if entry[3] >= timeout then
+    local found = redis.call('XRANGE', KEYS[1], id, id)
+    if #found == 0 then
+      redis.call('XACK', KEYS[1], ARGV[1], id)  -- trimmed away while pending
+    elseif count + 1 > tonumber(ARGV[5]) then
+      local fields = found[1][2]
+      table.insert(fields, 'group') table.insert(fields, ARGV[1])
+      table.insert(fields, 'event_id') table.insert(fields, id)
+      table.insert(fields, 'deliveries') table.insert(fields, count)
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+    else
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], timeout, id)  -- counts a delivery
+      table.insert(out, id)
+      table.insert(out, found[1][2])
+      table.insert(out, count + 1)
+      room = room - 1
+    end
+  end
+end
+out[1] = room
+return out
+"""
+
+
 class EventLog:
-    """Reads, acknowledgements and dead-lettering for consumer groups."""
+    """Reads, acknowledgements and dead-lettering for consumer groups.
+
+    `reader` serves the blocking reads of open event streams: each holds a connection
+    for up to a second at a time, so they get a pool of their own and cannot starve
+    ingress and sends of connections.
+    """
 
     def __init__(self, client: redis.Redis, *, retention: int) -> None:
         self._redis = client
+        self._reader = own_pool(client, max_connections=_READERS)
         self._retention = retention
+        self._claim = client.register_script(_CLAIM)
         self._reads: set[asyncio.Future[Any]] = set()
 
     async def close(self) -> None:
         """Wait for blocking reads left behind by departed consumers (at most one block)."""
         await asyncio.gather(*self._reads, return_exceptions=True)
+        await self._reader.aclose(close_connection_pool=True)
 
     async def ensure_group(self, app_id: str, group: str, *, from_start: bool) -> None:
         """Create the group (and the stream) unless it exists."""
@@ -72,16 +144,48 @@ class EventLog:
         except RedisError as exc:
             raise StoreUnavailable("event log unreachable") from exc
 
-    async def pending_for(self, app_id: str, group: str, consumer: str) -> int:
-        """How many events this consumer holds unacknowledged."""
+    async def claim(
+        self,
+        app_id: str,
+        group: str,
+        consumer: str,
+        *,
+        visibility_ms: int,
+        max_in_flight: int,
+        max_deliveries: int,
+    ) -> tuple[int, list[StoredEvent]]:
+        """The room this consumer has for new events, and the expired events it now holds.
+
+        Events past `max_deliveries` move to the dead-letter stream instead.
+        """
+        keys = [
+            app_key(app_id, "events"),
+            app_key(app_id, "events", "visibility", group),
+            app_key(app_id, "events", "dead"),
+        ]
+        args: list[str | int] = [
+            group,
+            consumer,
+            visibility_ms,
+            max_in_flight,
+            max_deliveries,
+            self._retention,
+            _SCAN,
+            _VISIBILITY_TTL_MS,
+        ]
         try:
-            summary = await self._redis.xpending(app_key(app_id, "events"), group)
+            reply = await self._claim(keys, args)
         except RedisError as exc:
             raise StoreUnavailable("event log unreachable") from exc
-        for entry in summary.get("consumers") or ():
-            if _text(entry["name"]) == consumer:
-                return int(entry["pending"])
-        return 0
+        events = [
+            _event(
+                reply[i],
+                dict(zip(reply[i + 1][::2], reply[i + 1][1::2], strict=True)),
+                reply[i + 2],
+            )
+            for i in range(1, len(reply), 3)
+        ]
+        return int(reply[0]), events
 
     async def read_new(
         self, app_id: str, group: str, consumer: str, *, count: int, block_ms: int
@@ -89,7 +193,7 @@ class EventLog:
         """Events never delivered to the group, waiting up to `block_ms` for some."""
         stream = app_key(app_id, "events")
         read: asyncio.Future[Any] = asyncio.ensure_future(
-            self._redis.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+            self._reader.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
         )
         self._reads.add(read)
         read.add_done_callback(self._reads.discard)
@@ -107,37 +211,6 @@ class EventLog:
             events.extend(_event(event_id, fields, 1) for event_id, fields in entries if fields)
         return events
 
-    async def claim_idle(
-        self, app_id: str, group: str, consumer: str, *, min_idle_ms: int, count: int
-    ) -> list[StoredEvent]:
-        """Take over events delivered but unacknowledged for longer than `min_idle_ms`."""
-        stream = app_key(app_id, "events")
-        try:
-            reply = await self._redis.xautoclaim(
-                stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
-            )
-            entries = [(event_id, fields) for event_id, fields in reply[1]]
-            trimmed = [event_id for event_id, fields in entries if not fields]
-            if trimmed:  # trimmed away by retention while pending: nothing left to deliver
-                await self._redis.xack(stream, group, *trimmed)
-            live = [(event_id, fields) for event_id, fields in entries if fields]
-            if not live:
-                return []
-            pending = await self._redis.xpending_range(
-                stream,
-                group,
-                min=live[0][0],
-                max=live[-1][0],
-                count=len(live) * 2,
-                consumername=consumer,
-            )
-        except RedisError as exc:
-            raise StoreUnavailable("event log unreachable") from exc
-        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        return [
-            _event(event_id, fields, counts.get(_text(event_id), 1)) for event_id, fields in live
-        ]
-
     async def ack(self, app_id: str, group: str, event_ids: Sequence[str]) -> int:
         """Acknowledge events for the group; returns how many were pending."""
         if not event_ids:
@@ -148,27 +221,5 @@ class EventLog:
             if "NOGROUP" in str(exc):
                 return 0
             raise StoreUnavailable("event log refused the acknowledgement") from exc
-        except RedisError as exc:
-            raise StoreUnavailable("event log unreachable") from exc
-
-    async def dead_letter(self, app_id: str, group: str, event: StoredEvent) -> None:
-        """Move an event that failed too often to the app's dead-letter stream."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(
-            app_key(app_id, "events", "dead"),
-            {
-                "m": event.message,
-                "t": event.msg_type,
-                "e": event.event,
-                "group": group,
-                "event_id": event.event_id,
-                "deliveries": event.delivery_count,
-            },
-            maxlen=self._retention,
-            approximate=True,
-        )
-        pipe.xack(app_key(app_id, "events"), group, event.event_id)
-        try:
-            await pipe.execute()
         except RedisError as exc:
             raise StoreUnavailable("event log unreachable") from exc

@@ -6,19 +6,36 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["connect"]
+__all__ = ["connect", "own_pool"]
 
 
 def connect(url: str) -> redis.Redis:
-    """A pooled client with short timeouts: a dead Redis must fail calls fast, not hang."""
+    """A pooled client with short timeouts: a dead Redis must fail calls fast, not hang.
+
+    Only a failed connection is retried (a pooled connection the server dropped, say
+    after a restart). A timeout is not: the command may have run, and most of ours
+    (claims, counters, appends) must not run twice.
+    """
     return redis.Redis.from_url(
         url,
         socket_connect_timeout=1.0,
         socket_timeout=2.0,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry_on_error=[RedisConnectionError],
+        retry_on_timeout=False,
         max_connections=256,
+    )
+
+
+def own_pool(client: redis.Redis, *, max_connections: int) -> redis.Redis:
+    """A client of the same server and settings as `client`, with a pool of its own."""
+    pool = client.connection_pool
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=max_connections,
+            **pool.connection_kwargs,
+        )
     )

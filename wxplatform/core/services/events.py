@@ -98,22 +98,20 @@ class EventService:
         sub.validate()
         await self._log.ensure_group(sub.app_id, sub.group, from_start=sub.from_start)
         while not self._stopping.is_set():
-            room = sub.max_in_flight - await self._log.pending_for(
-                sub.app_id, sub.group, sub.consumer
-            )
-            if room <= 0:
-                await self._pause(_FULL_PAUSE)
-                continue
-            claimed = await self._log.claim_idle(
-                sub.app_id, sub.group, sub.consumer, min_idle_ms=sub.visibility_ms, count=room
+            room, claimed = await self._log.claim(
+                sub.app_id,
+                sub.group,
+                sub.consumer,
+                visibility_ms=sub.visibility_ms,
+                max_in_flight=sub.max_in_flight,
+                max_deliveries=self._max_deliveries,
             )
             for event in claimed:
-                if event.delivery_count > self._max_deliveries:
-                    await self._log.dead_letter(sub.app_id, sub.group, event)
-                elif await self._selected(sub, event):
-                    room -= 1
+                if await self._selected(sub, event):
                     yield event
             if room <= 0:
+                if not claimed:
+                    await self._pause(_FULL_PAUSE)
                 continue
             fresh = await self._log.read_new(
                 sub.app_id, sub.group, sub.consumer, count=room, block_ms=_READ_BLOCK_MS
