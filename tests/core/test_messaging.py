@@ -14,11 +14,15 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+from acme.wxplatform.v1 import inbound_message_pb2 as inbound
+from acme.wxplatform.v1 import ingress_service_pb2_grpc, messaging_service_pb2_grpc
 from acme.wxplatform.v1 import messaging_service_pb2 as pb
-from acme.wxplatform.v1 import messaging_service_pb2_grpc
+from edge.normalize import normalize
+from tests.core.helpers import deliver_request
 from tests.core.test_interactions import deliver as deliver_to_core
 from tests.core.test_interactions import event as interaction_event
 from tests.support import (
+    EDGE_CREDENTIAL,
     TEAM_CREDENTIAL,
     Stack,
     app_table,
@@ -31,6 +35,8 @@ from tests.support import (
     running_stack,
 )
 from wxplatform.clock import Clock, ManualClock
+from wxplatform.core.adapters.ingress_store import Accepted, IngressStore
+from wxplatform.core.services.ingress import dedup_key
 from wxplatform.sim import WeChatSimulator, original_id, text_message
 from wxplatform.sim.messages import event_message
 from wxplatform.wechat.daily import next_reset
@@ -165,6 +171,30 @@ async def test_template_send_and_its_result_event(env: Env) -> None:
 
 async def _status(env: Env, delivery_id: str) -> int:
     return int((await env.delivery(delivery_id)).status)
+
+
+async def test_a_result_accepted_before_a_crash_is_applied_by_the_retry(
+    env: Env, redis_client: redis.Redis
+) -> None:
+    """Core accepted the result event and lost its answer before applying it (a crash,
+    a timeout): WeChat's retry, or the spool's replay, is a duplicate that applies it."""
+    env.sim.set_callback_url(env.oa, None)  # the test delivers the result itself
+    sent = await env.template("crash-1")
+    fields = {"ToUserName": original_id(env.oa), "FromUserName": FOLLOWER,
+              "CreateTime": int(time.time()), "MsgType": "event",
+              "Event": "TEMPLATESENDJOBFINISH", "MsgID": sent.wechat_msg_id,
+              "Status": "success"}  # fmt: skip
+    result = normalize(env.oa, fields, inbound.InboundTransport(), time.time())
+    store = IngressStore(
+        redis_client, dedup_ttl_seconds=600, nonce_ttl_seconds=600, event_retention=1000
+    )
+    accepted = Accepted(result.SerializeToString(), "event", result.event, FOLLOWER, (), 0)
+    assert (await store.accept(env.oa, dedup_key(result), None, b"", accepted)).new
+    assert await _status(env, sent.delivery_id) == pb.DELIVERY_STATUS_SENT
+    stub = ingress_service_pb2_grpc.IngressServiceStub(env.stacks[0].channel)
+    again = await stub.DeliverMessage(deliver_request(result), metadata=bearer(EDGE_CREDENTIAL))
+    assert again.duplicate
+    assert await _status(env, sent.delivery_id) == pb.DELIVERY_STATUS_DELIVERED
 
 
 async def test_blocked_user_result_is_recorded(env: Env) -> None:

@@ -99,10 +99,13 @@ class IngressService:
             close_windows=closes_windows(app, message),
         )
         outcome = await self._store.accept(app_id, key, replay, reply.SerializeToString(), accepted)
+        if self._results is not None:
+            # For a duplicate too (applying a result is idempotent): the first delivery
+            # may have been accepted and then lost its answer before the result was
+            # applied, and this retry is the last chance to apply it.
+            await self._record_result(message)
         if not outcome.new:
             return Delivered(pr.PassiveReply.FromString(outcome.reply), True, key)
-        if self._results is not None:
-            await self._record_result(message)
         return Delivered(reply, False, key)
 
     async def _record_result(self, message: inbound.InboundMessage) -> None:
