@@ -356,8 +356,12 @@ def _edge_config(t: _Table, core: CoreConfig) -> EdgeConfig:
     """`[edge]`, checked against core's dedup horizon."""
     credential = t.optional_str("core_credential")
     budget = _positive(t, "budget_seconds", EdgeConfig.budget_seconds)
-    if budget >= 5:
-        raise ConfigError(t.key("budget_seconds"), "must be below WeChat's 5 s deadline")
+    if not 1 <= budget < 5:
+        # Below a second nothing reaches core in time and every push is spooled (the
+        # edge keeps some of the budget to write the spool).
+        raise ConfigError(
+            t.key("budget_seconds"), "must be at least 1 and below WeChat's 5 s deadline"
+        )
     max_body = t.get("max_body_bytes", int, EdgeConfig.max_body_bytes)
     if not 1024 <= max_body <= 16 * 1024 * 1024:
         raise ConfigError(t.key("max_body_bytes"), "must be between 1024 and 16777216")

@@ -43,6 +43,7 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
         ("core.listen", "nope", "core.listen"),
         ("core.drain_seconds", -1, "core.drain_seconds"),
         ("edge.budget_seconds", 5, "edge.budget_seconds"),
+        ("edge.budget_seconds", 0.25, "edge.budget_seconds"),
         ("edge.processes", 0, "edge.processes"),
         ("edge.processes", 65, "edge.processes"),
         ("edge.max_body_bytes", 10, "edge.max_body_bytes"),
