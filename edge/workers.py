@@ -7,7 +7,8 @@ kernel spreads WeChat's connections over them; they share the spool file (see
 `edge.spool`) and keep their metrics in one directory, so `/metrics` on any worker
 answers for all of them. SIGTERM or SIGINT to the supervisor drains every worker (each
 finishes its in-flight pushes); a worker that dies is restarted, with a growing pause
-if it keeps dying.
+if it keeps dying, and one that never starts (three deaths in a row) stops the edge with
+exit status 1.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client in eac
 _POLL = 0.2
 _RESTART_START, _RESTART_CAP = 1.0, 30.0
 _HEALTHY_AFTER = 30.0  # a worker that ran this long resets its restart pause
+# A worker that dies this many times in a row before it was healthy will not start at
+# all (port taken, unusable spool, broken config): the supervisor gives up and exits 1
+# rather than look alive while nothing serves.
+_GIVE_UP_AFTER = 3
 
 
 @dataclass
@@ -39,6 +44,7 @@ class _Worker:
     process: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
     pause: float = _RESTART_START  # before the next restart, should it die
+    failures: int = 0  # deaths in a row before it ran `_HEALTHY_AFTER`
     # Set while the worker is dead: when to start it again. A time rather than a wait,
     # so that the loop keeps watching the other workers (and SIGTERM) meanwhile.
     restart_at: float | None = None
@@ -72,6 +78,13 @@ def supervise(
             time.sleep(_POLL)
             for worker in workers:
                 _tend(worker, start, metrics_dir, time.monotonic())
+            if any(worker.failures >= _GIVE_UP_AFTER for worker in workers):
+                log.error(
+                    "an edge worker keeps failing to start; stopping the edge",
+                    extra={"failures": _GIVE_UP_AFTER},
+                )
+                _drain(workers, grace_seconds)
+                return 1
         return _drain(workers, grace_seconds)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -94,7 +107,11 @@ def _tend(
         return
     mark_process_dead(worker.process.pid, metrics_dir)  # type: ignore[no-untyped-call]
     if now - worker.started >= _HEALTHY_AFTER:
-        worker.pause = _RESTART_START
+        worker.pause, worker.failures = _RESTART_START, 0
+    worker.failures += 1
+    if worker.failures >= _GIVE_UP_AFTER:
+        log.error("edge worker exited", extra={"worker": worker.index, "code": code})
+        return
     log.error(
         "edge worker exited; restarting it",
         extra={"worker": worker.index, "code": code, "pause_s": worker.pause},
@@ -110,8 +127,9 @@ def _drain(workers: list[_Worker], grace_seconds: float) -> int:
     died earlier is logged as any dead worker, and its restart is simply not made.
     """
     running = []
+    clean = True
     for worker in workers:
-        if worker.restart_at is not None:
+        if worker.restart_at is not None or worker.failures >= _GIVE_UP_AFTER:
             continue  # dead and already logged
         code = worker.process.poll()
         if code is None:
@@ -122,7 +140,6 @@ def _drain(workers: list[_Worker], grace_seconds: float) -> int:
     for worker in running:
         worker.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
-    clean = True
     for worker in running:
         try:
             code = worker.process.wait(max(deadline - time.monotonic(), 0))

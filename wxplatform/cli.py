@@ -55,10 +55,12 @@ async def run_edge(
     from edge.app import start_edge
 
     stop = stop_on_signals()
-    parent = os.getppid()
-    if supervisor is not None and parent != supervisor and not _alive(supervisor):
-        # Orphaned while still starting up (the supervisor told us its pid): go no further.
-        log.warning("edge supervisor gone before this worker started", extra={"parent": supervisor})
+    # A worker's parent is its supervisor, which told us its pid: any other parent means
+    # the supervisor is gone (even one not yet reaped: a zombie would still seem alive).
+    parent = supervisor if supervisor is not None else os.getppid()
+    if os.getppid() != parent:
+        # Orphaned while still starting up: go no further.
+        log.warning("edge supervisor gone before this worker started", extra={"parent": parent})
         return
 
     async def stop_when_orphaned() -> None:
@@ -80,16 +82,6 @@ async def run_edge(
     finally:
         if watch is not None:
             watch.cancel()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def edge_command(settings: Settings, config: str | None, environ: dict[str, str]) -> int:

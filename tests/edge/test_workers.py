@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -187,3 +188,28 @@ async def test_workers_stop_when_the_supervisor_is_killed(two_workers: Workers) 
             if alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+async def test_workers_that_cannot_start_stop_the_edge(tmp_path: Path) -> None:
+    """The port is taken: nothing could ever serve, so the supervisor must not look alive."""
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    ports = DevPorts(core=free_port(), core_metrics=free_port(), edge=port, sim=free_port())
+    text = render_dev_config(ports).replace(
+        "[edge]\n", f'[edge]\nprocesses = 2\nspool_path = "{tmp_path / "spool.sqlite3"}"\n', 1
+    )
+    config = tmp_path / "edge.toml"
+    config.write_text(text, encoding="utf-8")
+    supervisor = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the CLI runs on
+        [sys.executable, "-m", "wxplatform", "--config", str(config), "edge"],
+        env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+    )
+    try:
+        assert await asyncio.to_thread(supervisor.wait, 90) == 1
+    finally:
+        squatter.close()
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
