@@ -249,6 +249,7 @@ class CallbackDeps:
 
 # Time kept back from core's deadline so that spooling still fits in WeChat's 5 s.
 _SPOOL_RESERVE = 0.3
+_SPOOL_MIN = 0.02  # less than this left: do not even try to spool
 _SIGNATURE_PARAMS = ("signature", "timestamp", "nonce")
 
 
@@ -395,7 +396,12 @@ class CallbackHandler(EdgeHandler):
     async def _spool(self, message: inbound.InboundMessage, cause: CoreUnavailable) -> None:
         """Keep the message for later; if even that fails, do not acknowledge WeChat."""
         transport = message.transport
+        # What is left of the budget bounds the wait for another worker's write lock:
+        # an answer after WeChat's 5 s is as good as none, and a 503 now is retried.
+        left = self.started + self.deps.budget_seconds - time.perf_counter()
         try:
+            if left <= _SPOOL_MIN:
+                raise SpoolUnavailable("no time left in the push's budget")
             await self.deps.spool.put(
                 message.app_id,
                 self.request_id,
@@ -403,6 +409,7 @@ class CallbackHandler(EdgeHandler):
                 message.SerializeToString(),
                 signed=f"{transport.signature_timestamp}:{transport.nonce}",
                 body_sha256=transport.body_sha256,
+                timeout=left,
             )
         except SpoolConflict:  # checked again with the write: two pushes at once
             raise SignatureMismatch(

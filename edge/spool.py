@@ -150,36 +150,43 @@ class Spool:
         *,
         signed: str = "",
         body_sha256: str = "",
+        timeout: float | None = None,
     ) -> int:
         """Store a message durably; raises `SpoolUnavailable` when it cannot.
 
         `signed` (the push's "timestamp:nonce") and `body_sha256` are what `conflicts`
         looks up; `SpoolConflict` when a spooled push has the same `signed` and another
-        message (checked and stored in one transaction).
+        message (checked and stored in one transaction). `timeout` bounds the wait for
+        another worker's write lock (the push's budget); past it, `SpoolUnavailable`.
         """
         row = (app_id, request_id, received_at, received_at, message, signed, body_sha256)
+        busy_ms = _BUSY_MS if timeout is None else max(int(timeout * 1000), 1)
         try:
-            row_id: int = await self._run(self._put, row)
+            row_id: int = await self._run(self._put, row, busy_ms)
         except sqlite3.Error as exc:
             raise SpoolUnavailable(f"spool write failed: {exc.__class__.__name__}") from exc
         return row_id
 
-    def _put(self, row: tuple[Any, ...]) -> int:
+    def _put(self, row: tuple[Any, ...], busy_ms: int) -> int:
         db = self._conn()
         app_id, signed, body_sha256 = row[0], row[5], row[6]
-        db.execute("BEGIN IMMEDIATE")  # the check and the insert as one, across workers
+        db.execute(f"PRAGMA busy_timeout={busy_ms}")
         try:
-            if signed and db.execute(_CONFLICT, (app_id, signed, body_sha256)).fetchone():
-                raise SpoolConflict(signed)
-            cursor = db.execute(
-                "INSERT INTO spool (app_id, request_id, received_at, next_try_at, message,"
-                " signed, body_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")  # the check and the insert as one, across workers
+            try:
+                if signed and db.execute(_CONFLICT, (app_id, signed, body_sha256)).fetchone():
+                    raise SpoolConflict(signed)
+                cursor = db.execute(
+                    "INSERT INTO spool (app_id, request_id, received_at, next_try_at, message,"
+                    " signed, body_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         return int(cursor.lastrowid or 0)
 
     async def conflicts(self, app_id: str, signed: str, body_sha256: str) -> bool:

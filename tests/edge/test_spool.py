@@ -286,3 +286,28 @@ async def test_a_conflicting_push_is_refused_by_the_write_itself(tmp_path: Path)
         assert await spool.depth() == 3
     finally:
         await spool.close()
+
+
+async def test_a_spool_write_waits_no_longer_than_the_push_budget(
+    redis_client: redis.Redis,
+) -> None:
+    """Another worker holds the spool's write lock: the push is refused (503, so WeChat
+    retries) within its budget, not answered after WeChat stopped listening."""
+    settings = make_settings(app_table(new_app_id()))
+    (app,) = settings.apps.values()
+    async with running_stack(settings, redis_client, with_edge=True, budget_seconds=1.0) as stack:
+        assert stack.edge is not None
+        await stack.core.stop()
+        holder = sqlite3.connect(stack.edge.deps.spool.path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another worker, in the middle of a write
+        try:
+            started = asyncio.get_running_loop().time()
+            url, body = push_request(stack.edge_url, app, text_fields("locked out"))
+            status, _ = await post(url, body)
+            elapsed = asyncio.get_running_loop().time() - started
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert status == 503
+        assert elapsed < 2.5  # the budget (1 s), with room for a slow machine
+        assert await stack.edge.deps.spool.depth() == 0
