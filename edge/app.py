@@ -79,7 +79,13 @@ class EdgeServer:
     deps: CallbackDeps
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Stop accepting, let in-flight pushes finish, stop replaying, close everything."""
+        """Stop accepting, let in-flight pushes finish, stop replaying, close everything.
+
+        Keep-alive connections stay open for the pushes on them, but each answer from
+        now on closes its connection, so clients move to another edge (or wait for this
+        one's successor) instead of keeping this one busy.
+        """
+        self.deps.in_flight.draining = True
         self.http.stop()
         if not await self.deps.in_flight.drained(grace_seconds):
             log.warning("in-flight pushes did not finish within the grace period")

@@ -56,10 +56,15 @@ NO_REPLY = b"success"  # stops WeChat's retries and shows the user nothing (PROT
 
 
 class InFlight:
-    """Counts callbacks being processed, so shutdown can wait for them."""
+    """Counts callbacks being processed, so shutdown can wait for them.
+
+    A push counts from its headers on (its body may still be arriving). Once `draining`,
+    every answer closes its connection, so keep-alive clients bring no new pushes.
+    """
 
     def __init__(self) -> None:
         self.count = 0
+        self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -271,13 +276,33 @@ class CallbackHandler(EdgeHandler):
         # A body slower than the push budget cannot be answered in time anyway.
         return self.deps.budget_seconds
 
+    _counted = False  # in `deps.in_flight`, from prepare until finished or cut off
+
     def prepare(self) -> None:
+        if self.request.method == "POST":
+            self.deps.in_flight.enter()
+            self._counted = True
         if self.request.method == "POST" and "Content-Length" not in self.request.headers:
             super().prepare()  # request id and headers, for the refusal too
             raise LengthRequired("length_required")  # WeChat's pushes always declare it
         super().prepare()
 
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> asyncio.Future[None]:
+        if self.deps.in_flight.draining:  # shutting down: no further request on this one
+            self.set_header("Connection", "close")
+        return super().finish(chunk)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.deps.in_flight.leave()
+
+    def on_connection_close(self) -> None:
+        self._uncount()
+        super().on_connection_close()
+
     def on_finish(self) -> None:
+        self._uncount()
         app_id = self.path_kwargs.get("app_id", "")
         label = app_id if app_id in self.deps.apps else "unknown"
         method = self.request.method or ""
@@ -343,11 +368,7 @@ class CallbackHandler(EdgeHandler):
 
     async def post(self, app_id: str) -> None:
         self._stop_body_timer()  # the whole body is here
-        self.deps.in_flight.enter()
-        try:
-            await self._push(app_id)
-        finally:
-            self.deps.in_flight.leave()
+        await self._push(app_id)
 
     async def _push(self, app_id: str) -> None:
         deadline = self.started + self.deps.budget_seconds

@@ -65,3 +65,91 @@ async def test_previous_aes_key_still_opens_and_the_reply_uses_it(
             MessageCrypto(app_id, AES_KEY, previous_key=OLD_KEY).decrypt(envelope["Encrypt"])[1]
             == 1
         )
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a kept-alive connection: status, headers, body."""
+    writer.write(request)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def _raw_push(url: str, body: bytes) -> bytes:
+    target = url.split("//", 1)[1].split("/", 1)[1]
+    return (
+        f"POST /{target} HTTP/1.1\r\nHost: edge\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_during_a_drain_answers_close_their_keep_alive_connections(
+    redis_client: redis.Redis,
+) -> None:
+    """A kept-alive client may still send a push while the edge drains: it is answered,
+    and told to reconnect (elsewhere) rather than keep the draining edge busy."""
+    settings = make_settings(app_table(new_app_id()))
+    (app,) = settings.apps.values()
+    async with running_stack(settings, redis_client, with_edge=True) as stack:
+        assert stack.edge is not None
+        port = stack.edge.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            status, headers, _ = await _exchange(
+                reader, writer, _raw_push(*push_request(stack.edge_url, app, text_fields("one")))
+            )
+            assert (status, headers.get("Connection")) == (200, None)  # kept alive
+            # A second client's push is still in flight when the drain begins.
+            await redis_client.execute_command("CLIENT", "PAUSE", "800", "WRITE")  # type: ignore[no-untyped-call]
+            url, body = push_request(stack.edge_url, app, text_fields("held"))
+            held = asyncio.ensure_future(
+                AsyncHTTPClient(force_instance=True).fetch(
+                    url, method="POST", body=body, raise_error=False
+                )
+            )
+            for _ in range(500):
+                if stack.edge.deps.in_flight.count:
+                    break
+                await asyncio.sleep(0.01)
+            stopping = asyncio.ensure_future(stack.edge.stop(grace_seconds=10))
+            await asyncio.sleep(0.05)
+            status, headers, reply = await _exchange(
+                reader, writer, _raw_push(*push_request(stack.edge_url, app, text_fields("two")))
+            )
+            assert status == 200
+            assert b"default answer" in reply
+            assert headers.get("Connection") == "close"
+            assert (await held).code == 200
+            await stopping
+        finally:
+            writer.close()
+
+
+async def test_a_push_still_arriving_when_the_drain_begins_is_answered(
+    redis_client: redis.Redis,
+) -> None:
+    settings = make_settings(app_table(new_app_id()))
+    (app,) = settings.apps.values()
+    async with running_stack(settings, redis_client, with_edge=True) as stack:
+        assert stack.edge is not None
+        request = _raw_push(*push_request(stack.edge_url, app, text_fields("slowly")))
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.edge.port)
+        try:
+            writer.write(request[:-20])  # the headers and most of the body
+            await writer.drain()
+            for _ in range(500):
+                if stack.edge.deps.in_flight.count:
+                    break
+                await asyncio.sleep(0.01)
+            stopping = asyncio.ensure_future(stack.edge.stop(grace_seconds=10))
+            await asyncio.sleep(0.2)
+            status, _, reply = await _exchange(reader, writer, request[-20:])
+            assert status == 200
+            assert b"default answer" in reply
+            await stopping
+        finally:
+            writer.close()
