@@ -102,8 +102,9 @@ def edge_command(settings: Settings, config: str | None, environ: dict[str, str]
         settings.edge.processes,
         [*command, "edge"],
         {**environ, "WXP_EDGE_WORKER": str(os.getpid())},
-        # Each worker has the push budget to finish in flight, then closes its streams.
-        grace_seconds=settings.edge.budget_seconds + 10,
+        # A worker's own stop: up to 5 s for pushes in flight, the replay in progress
+        # (one push budget), then up to 5 s for core's answers on its stream; and room.
+        grace_seconds=settings.edge.budget_seconds + 20,
     )
 
 
