@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,6 +431,11 @@ def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Sett
     url = t.optional_str("url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(t.key("url"), "must be a redis://, rediss:// or unix:// URL")
+    if url is not None and not url.startswith("unix://"):
+        try:
+            urllib.parse.urlsplit(url).port  # noqa: B018 - parsing is the check
+        except ValueError:
+            raise ConfigError(t.key("url"), "has an invalid port") from None
     redis = RedisConfig(url=Secret(url) if url else None)
     t.done()
 

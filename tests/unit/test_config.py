@@ -48,6 +48,8 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
         ("edge.processes", 65, "edge.processes"),
         ("edge.max_body_bytes", 10, "edge.max_body_bytes"),
         ("redis.url", "http://x", "redis.url"),
+        ("redis.url", "redis://localhost:abc", "redis.url"),
+        ("redis.url", "redis://localhost:70000", "redis.url"),
         ("wechat.api_base", "ftp://x", "wechat.api_base"),
         ("apps.0.kind", "game", "apps[0].kind"),
         ("apps.0.encryption", "rot13", "apps[0].encryption"),
