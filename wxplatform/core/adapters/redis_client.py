@@ -22,9 +22,12 @@ def connect(url: str) -> redis.Redis:
         socket_connect_timeout=1.0,
         socket_timeout=2.0,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=2),
-        retry_on_error=[RedisConnectionError],
-        retry_on_timeout=False,
+        # Retry's default list includes timeouts: name the one error to retry instead.
+        retry=Retry(
+            ExponentialBackoff(cap=0.2, base=0.01),
+            retries=2,
+            supported_errors=(RedisConnectionError,),
+        ),
         max_connections=256,
     )
 
