@@ -222,3 +222,31 @@ async def test_open_streams_do_not_starve_ingress(stack: Stack) -> None:
     await deliver(stack, *(f"push {n}" for n in range(20)), first_id=500)
     for stream in streams:
         stream.cancel()
+
+
+async def test_expired_events_behind_a_long_pending_list_come_back(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    """A patient consumer holds 1,000 events (12 h timeout); a crashed one held 3 more with
+    a 1 s timeout. Each claim looks at a window of the pending list that moves on, so the
+    crashed consumer's events are found however many pending entries come before them."""
+    stream_key = app_key(the_app(stack), "events")
+    message = text_message(the_app(stack), "queued", "1").SerializeToString()
+    pipe = redis_client.pipeline(transaction=False)
+    for _ in range(1003):
+        pipe.xadd(stream_key, {"m": message, "t": "text", "e": ""})
+    await pipe.execute()
+    twelve_hours = duration_pb2.Duration(seconds=12 * 3600)
+    patient = subscribe(
+        stack, "deep", "patient", max_in_flight=1000, visibility_timeout=twelve_hours
+    )
+    await read(patient, 1000, timeout=30)
+    crashed = subscribe(stack, "deep", "crashed", max_in_flight=3, visibility_timeout=ONE_SECOND)
+    lost = await read(crashed, 3)
+    crashed.cancel()
+    rescuer = subscribe(stack, "deep", "rescuer", visibility_timeout=ONE_SECOND)
+    back = await read(rescuer, 3, timeout=20)
+    assert sorted(e.event_id for e in back) == sorted(e.event_id for e in lost)
+    assert all(e.delivery_count == 2 for e in back)
+    patient.cancel()
+    rescuer.cancel()

@@ -11,6 +11,7 @@ one script, so nothing is claimed by two consumers or dead-lettered twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,62 +51,80 @@ def _event(event_id: Any, fields: dict[bytes, bytes], delivery_count: int) -> St
     )
 
 
-# Pending-list entries looked at per claim: bounds a claim's work inside Redis.
-_SCAN = 1000
+# Pending-list entries a claim looks at: a window moving over the group's pending list
+# (from a cursor kept with the group), so a claim's work inside Redis stays bounded
+# whatever the list's length, and every entry is looked at in turn.
+_WINDOW = 200
+_OWN = 2000  # of the claimer's own pending entries, to count those still in flight
 # Connections for the blocking reads of open event streams, one per stream reading:
 # past this many streams per replica, a new one is refused (UNAVAILABLE) while ingress
 # and sends keep their own pool.
 _READERS = 512
-_VISIBILITY_TTL_MS = 24 * 3600 * 1000  # a departed consumer's timeout outlives its events
+_FORGET_AFTER_MS = 24 * 3600 * 1000  # a consumer's timeout is kept this long after it left
 
-# KEYS: stream, the group's visibility hash (consumer → ms), dead-letter stream.
+# KEYS: stream, the group's consumer hash (consumer → visibility ms; ":cursor" → where
+#       the next window starts), the group's last-seen zset, dead-letter stream.
 # ARGV: group, consumer, its visibility ms, max in flight, max deliveries, retention,
-#       scan limit, visibility hash ttl ms.
+#       window, own limit, now ms, forget after ms.
 # → {room left, then id, flat fields, delivery count for each event claimed}.
 # In flight = this consumer's pending events not yet past its visibility timeout. An
 # event is claimable once idle longer than its holder's timeout (the claimer's if the
 # holder is unknown); one past `max deliveries` goes to the dead-letter stream instead.
 _CLAIM = """
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[8])
-local mine = tonumber(ARGV[3])
-local timeouts, lowest = {}, mine
-local stored = redis.call('HGETALL', KEYS[2])
-for i = 1, #stored, 2 do
-  local ms = tonumber(stored[i + 1])
-  timeouts[stored[i]] = ms
-  if ms < lowest then lowest = ms end
+local group, me, mine = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now, forget = tonumber(ARGV[9]), tonumber(ARGV[10])
+redis.call('HSET', KEYS[2], me, mine)
+redis.call('ZADD', KEYS[3], now, me)
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - forget,
+                                 'LIMIT', 0, 10)) do
+  redis.call('HDEL', KEYS[2], gone)
+  redis.call('ZREM', KEYS[3], gone)
 end
+redis.call('PEXPIRE', KEYS[2], 2 * forget)
+redis.call('PEXPIRE', KEYS[3], 2 * forget)
 local room = tonumber(ARGV[4])
-for _, entry in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[7], ARGV[2])) do
+for _, entry in ipairs(redis.call('XPENDING', KEYS[1], group, '-', '+', ARGV[8], me)) do
   if entry[3] < mine then room = room - 1 end
 end
 local out = {room}
 if room <= 0 then return out end
-local idle = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', lowest, '-', '+', ARGV[7])
-for _, entry in ipairs(idle) do
+local cursor = redis.call('HGET', KEYS[2], ':cursor') or '-'
+local window = redis.call('XPENDING', KEYS[1], group, cursor, '+', ARGV[7])
+local timeouts, last = {}, nil
+for _, entry in ipairs(window) do
   if room <= 0 then break end
   local id, holder, count = entry[1], entry[2], entry[4]
-  local timeout = timeouts[holder] or mine
+  last = id
+  local timeout = timeouts[holder]
+  if timeout == nil then
+    timeout = tonumber(redis.call('HGET', KEYS[2], holder) or mine)
+    timeouts[holder] = timeout
+  end
   if entry[3] >= timeout then
     local found = redis.call('XRANGE', KEYS[1], id, id)
     if #found == 0 then
-      redis.call('XACK', KEYS[1], ARGV[1], id)  -- trimmed away while pending
+      redis.call('XACK', KEYS[1], group, id)  -- trimmed away while pending
     elseif count + 1 > tonumber(ARGV[5]) then
       local fields = found[1][2]
-      table.insert(fields, 'group') table.insert(fields, ARGV[1])
+      table.insert(fields, 'group') table.insert(fields, group)
       table.insert(fields, 'event_id') table.insert(fields, id)
       table.insert(fields, 'deliveries') table.insert(fields, count)
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
-      redis.call('XACK', KEYS[1], ARGV[1], id)
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
+      redis.call('XACK', KEYS[1], group, id)
     else
-      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], timeout, id)  -- counts a delivery
+      redis.call('XCLAIM', KEYS[1], group, me, timeout, id)  -- counts a delivery
       table.insert(out, id)
       table.insert(out, found[1][2])
       table.insert(out, count + 1)
       room = room - 1
     end
   end
+end
+if last == nil or (#window < tonumber(ARGV[7]) and last == window[#window][1]) then
+  redis.call('HSET', KEYS[2], ':cursor', '-')  -- the end: start over next time
+else
+  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+  redis.call('HSET', KEYS[2], ':cursor', ms .. '-' .. (tonumber(seq) + 1))
 end
 out[1] = room
 return out
@@ -160,7 +179,8 @@ class EventLog:
         """
         keys = [
             app_key(app_id, "events"),
-            app_key(app_id, "events", "visibility", group),
+            app_key(app_id, "events", "consumers", group),
+            app_key(app_id, "events", "seen", group),
             app_key(app_id, "events", "dead"),
         ]
         args: list[str | int] = [
@@ -170,8 +190,10 @@ class EventLog:
             max_in_flight,
             max_deliveries,
             self._retention,
-            _SCAN,
-            _VISIBILITY_TTL_MS,
+            _WINDOW,
+            _OWN,
+            int(time.time() * 1000),
+            _FORGET_AFTER_MS,
         ]
         try:
             reply = await self._claim(keys, args)
