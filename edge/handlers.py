@@ -430,7 +430,7 @@ class CallbackHandler(EdgeHandler):
                 message.SerializeToString(),
                 signed=f"{transport.signature_timestamp}:{transport.nonce}",
                 body_sha256=transport.body_sha256,
-                timeout=left,
+                deadline=time.monotonic() + left,
             )
         except SpoolConflict:  # checked again with the write: two pushes at once
             raise SignatureMismatch(

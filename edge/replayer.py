@@ -106,7 +106,10 @@ class Replayer:
         while not self._stopping.is_set():
             try:
                 progressed = await self._replay_batch()
-            except Exception:  # the spool itself failed: keep the task alive, try later
+            except SpoolUnavailable as exc:  # busy or failing: keep the task alive, try later
+                log.warning("spool replay paused", extra={"error": str(exc)})
+                progressed = False
+            except Exception:  # a bug: keep the task alive, try later
                 log.exception("spool replay failed")
                 progressed = False
             if not progressed:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ _SIGNED_INDEX = "CREATE INDEX IF NOT EXISTS spool_signed ON spool (app_id, signe
 _CONFLICT = "SELECT 1 FROM spool WHERE app_id = ? AND signed = ? AND body_sha256 != ? LIMIT 1"
 
 _BUSY_MS = 5000  # how long a write waits for another process's write to finish
+_CLAIM_BUSY_MS = 500  # the replayer's claim waits less: pushes queue behind it
 
 
 class SpoolUnavailable(Exception):
@@ -150,26 +152,31 @@ class Spool:
         *,
         signed: str = "",
         body_sha256: str = "",
-        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> int:
         """Store a message durably; raises `SpoolUnavailable` when it cannot.
 
         `signed` (the push's "timestamp:nonce") and `body_sha256` are what `conflicts`
         looks up; `SpoolConflict` when a spooled push has the same `signed` and another
-        message (checked and stored in one transaction). `timeout` bounds the wait for
-        another worker's write lock (the push's budget); past it, `SpoolUnavailable`.
+        message (checked and stored in one transaction). `deadline` (`time.monotonic()`)
+        bounds the whole write, waiting for the spool's thread and for another worker's
+        write lock included (the push's budget); past it, `SpoolUnavailable`.
         """
         row = (app_id, request_id, received_at, received_at, message, signed, body_sha256)
-        busy_ms = _BUSY_MS if timeout is None else max(int(timeout * 1000), 1)
         try:
-            row_id: int = await self._run(self._put, row, busy_ms)
+            row_id: int = await self._run(self._put, row, deadline)
         except sqlite3.Error as exc:
             raise SpoolUnavailable(f"spool write failed: {exc.__class__.__name__}") from exc
         return row_id
 
-    def _put(self, row: tuple[Any, ...], busy_ms: int) -> int:
+    def _put(self, row: tuple[Any, ...], deadline: float | None) -> int:
         db = self._conn()
         app_id, signed, body_sha256 = row[0], row[5], row[6]
+        busy_ms = _BUSY_MS
+        if deadline is not None:  # measured here: the wait for this thread counts too
+            busy_ms = int((deadline - time.monotonic()) * 1000)
+            if busy_ms <= 0:
+                raise SpoolUnavailable("no time left to write the spool")
         db.execute(f"PRAGMA busy_timeout={busy_ms}")
         try:
             db.execute("BEGIN IMMEDIATE")  # the check and the insert as one, across workers
@@ -202,26 +209,34 @@ class Spool:
         Until the lease runs out (or the entry is removed, postponed or released) no
         other process sharing the spool gets it from `claim`.
         """
-        rows = await self._run(self._claim, now, limit, now + lease_seconds)
+        try:
+            rows = await self._run(self._claim, now, limit, now + lease_seconds)
+        except sqlite3.Error as exc:
+            raise SpoolUnavailable(f"spool claim failed: {exc.__class__.__name__}") from exc
         return [SpoolEntry(*row) for row in rows]
 
     def _claim(self, now: float, limit: int, leased_until: float) -> list[tuple[Any, ...]]:
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")  # one claimant at a time across processes
+        # Briefly: pushes to spool wait behind a claim on this thread; it can try later.
+        db.execute(f"PRAGMA busy_timeout={_CLAIM_BUSY_MS}")
         try:
-            rows = db.execute(
-                "SELECT id, app_id, request_id, received_at, attempts, message FROM spool"
-                " WHERE next_try_at <= ? ORDER BY id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            db.executemany(
-                "UPDATE spool SET next_try_at = ? WHERE id = ?",
-                [(leased_until, row[0]) for row in rows],
-            )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")  # one claimant at a time across processes
+            try:
+                rows = db.execute(
+                    "SELECT id, app_id, request_id, received_at, attempts, message FROM spool"
+                    " WHERE next_try_at <= ? ORDER BY id LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+                db.executemany(
+                    "UPDATE spool SET next_try_at = ? WHERE id = ?",
+                    [(leased_until, row[0]) for row in rows],
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         return rows
 
     async def release(self, entry_ids: list[int], now: float) -> None:

@@ -302,12 +302,16 @@ async def test_a_spool_write_waits_no_longer_than_the_push_budget(
         holder.execute("BEGIN IMMEDIATE")  # another worker, in the middle of a write
         try:
             started = asyncio.get_running_loop().time()
-            url, body = push_request(stack.edge_url, app, text_fields("locked out"))
-            status, _ = await post(url, body)
+            # Three at once: each waits its turn on the spool's thread, within its budget.
+            pushes = [
+                push_request(stack.edge_url, app, text_fields("locked out", msg_id=str(n)))
+                for n in range(3)
+            ]
+            answers = await asyncio.gather(*(post(url, body) for url, body in pushes))
             elapsed = asyncio.get_running_loop().time() - started
         finally:
             holder.execute("ROLLBACK")
             holder.close()
-        assert status == 503
+        assert [status for status, _ in answers] == [503, 503, 503]
         assert elapsed < 2.5  # the budget (1 s), with room for a slow machine
         assert await stack.edge.deps.spool.depth() == 0
