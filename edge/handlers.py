@@ -288,9 +288,15 @@ class CallbackHandler(EdgeHandler):
         super().prepare()
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> asyncio.Future[None]:
-        if self.deps.in_flight.draining:  # shutting down: no further request on this one
-            self.set_header("Connection", "close")
-        return super().finish(chunk)
+        if not self.deps.in_flight.draining:
+            return super().finish(chunk)
+        # Shutting down: no further request on this connection. Tornado closes only when
+        # the request asked for it, so close it ourselves once the answer is written.
+        self.set_header("Connection", "close")
+        written = super().finish(chunk)
+        connection = self.request.connection
+        written.add_done_callback(lambda _: connection.close())  # type: ignore[union-attr]
+        return written
 
     def _uncount(self) -> None:
         if self._counted:

@@ -91,26 +91,24 @@ async def test_during_a_drain_answers_close_their_keep_alive_connections(
     redis_client: redis.Redis,
 ) -> None:
     """A kept-alive client may still send a push while the edge drains: it is answered,
-    and told to reconnect (elsewhere) rather than keep the draining edge busy."""
+    and its connection closed, so it reconnects elsewhere rather than keep the draining
+    edge busy."""
     settings = make_settings(app_table(new_app_id()))
     (app,) = settings.apps.values()
     async with running_stack(settings, redis_client, with_edge=True) as stack:
         assert stack.edge is not None
         port = stack.edge.port
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # Another client's push is still arriving when the drain begins: it holds the drain.
+        slow = _raw_push(*push_request(stack.edge_url, app, text_fields("held")))
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             status, headers, _ = await _exchange(
                 reader, writer, _raw_push(*push_request(stack.edge_url, app, text_fields("one")))
             )
             assert (status, headers.get("Connection")) == (200, None)  # kept alive
-            # A second client's push is still in flight when the drain begins.
-            await redis_client.execute_command("CLIENT", "PAUSE", "800", "WRITE")  # type: ignore[no-untyped-call]
-            url, body = push_request(stack.edge_url, app, text_fields("held"))
-            held = asyncio.ensure_future(
-                AsyncHTTPClient(force_instance=True).fetch(
-                    url, method="POST", body=body, raise_error=False
-                )
-            )
+            slow_writer.write(slow[:-10])
+            await slow_writer.drain()
             for _ in range(500):
                 if stack.edge.deps.in_flight.count:
                     break
@@ -123,10 +121,15 @@ async def test_during_a_drain_answers_close_their_keep_alive_connections(
             assert status == 200
             assert b"default answer" in reply
             assert headers.get("Connection") == "close"
-            assert (await held).code == 200
+            # Closed by the edge at once, while the drain still waits for the slow push.
+            assert await asyncio.wait_for(reader.read(), 1) == b""
+            assert not stopping.done()
+            status, _, _ = await _exchange(slow_reader, slow_writer, slow[-10:])
+            assert status == 200
             await stopping
         finally:
             writer.close()
+            slow_writer.close()
 
 
 async def test_a_push_still_arriving_when_the_drain_begins_is_answered(
