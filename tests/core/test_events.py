@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -250,3 +251,27 @@ async def test_expired_events_behind_a_long_pending_list_come_back(
     assert all(e.delivery_count == 2 for e in back)
     patient.cancel()
     rescuer.cancel()
+
+
+async def test_max_in_flight_holds_for_a_consumer_with_a_large_expired_backlog(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    """A consumer name comes back to 2,100 expired events of its own, with 2,000 new ones
+    waiting: it is handed at most max_in_flight events, old or new."""
+    stream_key = app_key(the_app(stack), "events")
+    message = text_message(the_app(stack), "queued", "1").SerializeToString()
+    await redis_client.xgroup_create(stream_key, "backlog", id="0", mkstream=True)
+    pipe = redis_client.pipeline(transaction=False)
+    for _ in range(4100):
+        pipe.xadd(stream_key, {"m": message, "t": "text", "e": ""})
+    await pipe.execute()
+    await redis_client.xreadgroup("backlog", "big", {stream_key: ">"}, count=2100)
+    await asyncio.sleep(1.1)  # past the 1 s visibility timeout the consumer asks for
+    stream = subscribe(stack, "backlog", "big", max_in_flight=1000, visibility_timeout=ONE_SECOND)
+    delivered: set[str] = set()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.8):  # within one claim interval: no event expires again
+            while True:
+                delivered.add((await stream.read()).event_id)
+    stream.cancel()
+    assert 0 < len(delivered) <= 1000

@@ -51,28 +51,27 @@ def _event(event_id: Any, fields: dict[bytes, bytes], delivery_count: int) -> St
     )
 
 
-# Pending-list entries a claim looks at: a window moving over the group's pending list
-# (from a cursor kept with the group), so a claim's work inside Redis stays bounded
-# whatever the list's length, and every entry is looked at in turn.
-_WINDOW = 200
-_OWN = 2000  # of the claimer's own pending entries, to count those still in flight
+# Of the claimer's own pending entries, how many are looked at to find the expired ones
+# (those past it count as in flight: `max_in_flight` may be under-used, never exceeded).
+_OWN = 2000
 # Connections for the blocking reads of open event streams, one per stream reading:
 # past this many streams per replica, a new one is refused (UNAVAILABLE) while ingress
 # and sends keep their own pool.
 _READERS = 512
 _FORGET_AFTER_MS = 24 * 3600 * 1000  # a consumer's timeout is kept this long after it left
 
-# KEYS: stream, the group's consumer hash (consumer → visibility ms; ":cursor" → where
-#       the next window starts), the group's last-seen zset, dead-letter stream.
+# KEYS: stream, the group's timeouts hash (consumer → visibility ms), the group's
+#       last-seen zset, dead-letter stream.
 # ARGV: group, consumer, its visibility ms, max in flight, max deliveries, retention,
-#       window, own limit, now ms, forget after ms.
+#       own limit, now ms, forget after ms, "1" to claim (else only count the room).
 # → {room left, then id, flat fields, delivery count for each event claimed}.
-# In flight = this consumer's pending events not yet past its visibility timeout. An
-# event is claimable once idle longer than its holder's timeout (the claimer's if the
-# holder is unknown); one past `max deliveries` goes to the dead-letter stream instead.
+# In flight = this consumer's pending events not yet past its visibility timeout. Each
+# holder's pending list is searched with its own timeout (the claimer's if the holder
+# is unknown), the claimer's own first, so only claimable entries come back and none is
+# passed over; an event past `max deliveries` goes to the dead-letter stream instead.
 _CLAIM = """
 local group, me, mine = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now, forget = tonumber(ARGV[9]), tonumber(ARGV[10])
+local now, forget = tonumber(ARGV[8]), tonumber(ARGV[9])
 redis.call('HSET', KEYS[2], me, mine)
 redis.call('ZADD', KEYS[3], now, me)
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - forget,
@@ -82,25 +81,22 @@ for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - forget,
 end
 redis.call('PEXPIRE', KEYS[2], 2 * forget)
 redis.call('PEXPIRE', KEYS[3], 2 * forget)
-local room = tonumber(ARGV[4])
-for _, entry in ipairs(redis.call('XPENDING', KEYS[1], group, '-', '+', ARGV[8], me)) do
-  if entry[3] < mine then room = room - 1 end
-end
-local out = {room}
-if room <= 0 then return out end
-local cursor = redis.call('HGET', KEYS[2], ':cursor') or '-'
-local window = redis.call('XPENDING', KEYS[1], group, cursor, '+', ARGV[7])
-local timeouts, last = {}, nil
-for _, entry in ipairs(window) do
-  if room <= 0 then break end
-  local id, holder, count = entry[1], entry[2], entry[4]
-  last = id
-  local timeout = timeouts[holder]
-  if timeout == nil then
-    timeout = tonumber(redis.call('HGET', KEYS[2], holder) or mine)
-    timeouts[holder] = timeout
+local holders, held = {}, 0
+local summary = redis.call('XPENDING', KEYS[1], group)
+if summary[4] then
+  for _, holder in ipairs(summary[4]) do
+    if holder[1] == me then held = tonumber(holder[2]) else table.insert(holders, holder[1]) end
   end
-  if entry[3] >= timeout then
+end
+local room = tonumber(ARGV[4]) - held
+if ARGV[10] ~= '1' then return {room} end
+local own = redis.call('XPENDING', KEYS[1], group, 'IDLE', mine, '-', '+', ARGV[7], me)
+room = room + #own
+local out = {0}
+local function take(entries, timeout)
+  for _, entry in ipairs(entries) do
+    if room <= 0 then return end
+    local id, count = entry[1], entry[4]
     local found = redis.call('XRANGE', KEYS[1], id, id)
     if #found == 0 then
       redis.call('XACK', KEYS[1], group, id)  -- trimmed away while pending
@@ -120,11 +116,11 @@ for _, entry in ipairs(window) do
     end
   end
 end
-if last == nil or (#window < tonumber(ARGV[7]) and last == window[#window][1]) then
-  redis.call('HSET', KEYS[2], ':cursor', '-')  -- the end: start over next time
-else
-  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
-  redis.call('HSET', KEYS[2], ':cursor', ms .. '-' .. (tonumber(seq) + 1))
+take(own, mine)
+for _, holder in ipairs(holders) do
+  if room <= 0 then break end
+  local timeout = tonumber(redis.call('HGET', KEYS[2], holder) or mine)
+  take(redis.call('XPENDING', KEYS[1], group, 'IDLE', timeout, '-', '+', room, holder), timeout)
 end
 out[1] = room
 return out
@@ -172,10 +168,13 @@ class EventLog:
         visibility_ms: int,
         max_in_flight: int,
         max_deliveries: int,
+        take_expired: bool = True,
     ) -> tuple[int, list[StoredEvent]]:
         """The room this consumer has for new events, and the expired events it now holds.
 
-        Events past `max_deliveries` move to the dead-letter stream instead.
+        Events past `max_deliveries` move to the dead-letter stream instead. Without
+        `take_expired` only the room is counted (cheaply: expired events of its own
+        count as in flight until the next full claim).
         """
         keys = [
             app_key(app_id, "events"),
@@ -190,10 +189,10 @@ class EventLog:
             max_in_flight,
             max_deliveries,
             self._retention,
-            _WINDOW,
             _OWN,
             int(time.time() * 1000),
             _FORGET_AFTER_MS,
+            "1" if take_expired else "0",
         ]
         try:
             reply = await self._claim(keys, args)

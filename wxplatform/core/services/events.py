@@ -22,6 +22,7 @@ DEFAULT_VISIBILITY_MS = 30_000
 _VISIBILITY_RANGE_MS = (1_000, 12 * 3600 * 1000)
 _READ_BLOCK_MS = 1_000  # how long one read waits for new events: bounds drain latency
 _FULL_PAUSE = 0.2  # a consumer at max_in_flight is polled at this pace
+_CLAIM_EVERY = 1.0  # seconds between looks for expired events, per stream
 
 
 class InvalidConsumerGroup(InvalidRequest):
@@ -97,7 +98,12 @@ class EventService:
             raise AppNotFound(sub.app_id)
         sub.validate()
         await self._log.ensure_group(sub.app_id, sub.group, from_start=sub.from_start)
+        loop = asyncio.get_running_loop()
+        next_claim = 0.0
         while not self._stopping.is_set():
+            # Looking for expired events walks the group's pending lists: once a second
+            # (or so) is enough; in between only the room for new events is counted.
+            take_expired = loop.time() >= next_claim
             room, claimed = await self._log.claim(
                 sub.app_id,
                 sub.group,
@@ -105,7 +111,10 @@ class EventService:
                 visibility_ms=sub.visibility_ms,
                 max_in_flight=sub.max_in_flight,
                 max_deliveries=self._max_deliveries,
+                take_expired=take_expired,
             )
+            if take_expired:
+                next_claim = loop.time() + _CLAIM_EVERY
             for event in claimed:
                 if await self._selected(sub, event):
                     yield event
