@@ -49,7 +49,7 @@ _SIGNED_INDEX = "CREATE INDEX IF NOT EXISTS spool_signed ON spool (app_id, signe
 _CONFLICT = "SELECT 1 FROM spool WHERE app_id = ? AND signed = ? AND body_sha256 != ? LIMIT 1"
 
 _BUSY_MS = 5000  # how long a write waits for another process's write to finish
-_CLAIM_BUSY_MS = 500  # the replayer's claim waits less: pushes queue behind it
+_CLAIM_BUSY_MS = 500  # the replayer's writes wait less: pushes queue behind them
 
 
 class SpoolUnavailable(Exception):
@@ -241,24 +241,38 @@ class Spool:
 
     async def release(self, entry_ids: list[int], now: float) -> None:
         """Give back claimed entries that were not attempted: due again at once."""
-        await self._run(
-            lambda: self._conn().executemany(
-                "UPDATE spool SET next_try_at = ? WHERE id = ?", [(now, i) for i in entry_ids]
-            )
+        await self._bookkeep(
+            "UPDATE spool SET next_try_at = ? WHERE id = ?", [(now, i) for i in entry_ids]
         )
 
     async def remove(self, entry_id: int) -> None:
         """Forget a delivered (or dropped) entry."""
-        await self._run(lambda: self._conn().execute("DELETE FROM spool WHERE id = ?", (entry_id,)))
+        await self._bookkeep("DELETE FROM spool WHERE id = ?", [(entry_id,)])
 
     async def postpone(self, entry_id: int, attempts: int, next_try_at: float) -> None:
         """Record a failed attempt and when to try again."""
-        await self._run(
-            lambda: self._conn().execute(
-                "UPDATE spool SET attempts = ?, next_try_at = ? WHERE id = ?",
-                (attempts, next_try_at, entry_id),
-            )
+        await self._bookkeep(
+            "UPDATE spool SET attempts = ?, next_try_at = ? WHERE id = ?",
+            [(attempts, next_try_at, entry_id)],
         )
+
+    async def _bookkeep(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """The replayer's writes: like its claim, they wait briefly for another worker's
+        lock (pushes to spool queue behind them on this thread) and fail as
+        `SpoolUnavailable`; the replayer tries again later (a leased entry comes back)."""
+
+        def write() -> None:
+            db = self._conn()
+            db.execute(f"PRAGMA busy_timeout={_CLAIM_BUSY_MS}")
+            try:
+                db.executemany(sql, rows)
+            finally:
+                db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+
+        try:
+            await self._run(write)
+        except sqlite3.Error as exc:
+            raise SpoolUnavailable(f"spool write failed: {exc.__class__.__name__}") from exc
 
     async def depth(self) -> int:
         """How many entries wait; raises `SpoolUnavailable` when the spool cannot tell."""

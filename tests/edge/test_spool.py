@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import cast
 
@@ -15,7 +16,7 @@ from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from edge import metrics
 from edge.core_client import CoreClient
 from edge.replayer import Replayer
-from edge.spool import Spool, SpoolConflict
+from edge.spool import Spool, SpoolConflict, SpoolUnavailable
 from tests.edge.signing import push_request, text_fields
 from tests.support import (
     EDGE_CREDENTIAL,
@@ -315,3 +316,30 @@ async def test_a_spool_write_waits_no_longer_than_the_push_budget(
         assert [status for status, _ in answers] == [503, 503, 503]
         assert elapsed < 2.5  # the budget (1 s), with room for a slow machine
         assert await stack.edge.deps.spool.depth() == 0
+
+
+async def test_a_push_queued_behind_the_replayers_write_keeps_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """The replayer's writes share the spool's thread with pushes: while another worker
+    holds the lock they give up quickly, so a push's deadline still holds."""
+    path = tmp_path / "spool.sqlite3"
+    spool = Spool(path, max_bytes=1 << 24)
+    await spool.open()
+    entry = await spool.put("wxapp", "r1", 1.0, b"m")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another worker, in the middle of a write
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        removing = asyncio.ensure_future(spool.remove(entry))
+        await asyncio.sleep(0)
+        with pytest.raises(SpoolUnavailable):
+            await spool.put("wxapp", "r2", 2.0, b"m", deadline=time.monotonic() + 0.5)
+        assert loop.time() - started < 2.0  # not the 5 s a write may otherwise wait
+        with pytest.raises(SpoolUnavailable):
+            await removing  # the replayer tries again later
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        await spool.close()
