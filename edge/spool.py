@@ -14,8 +14,10 @@ entries with a lease (`claim`) so that two workers do not replay the same entry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,20 @@ _CONFLICT = "SELECT 1 FROM spool WHERE app_id = ? AND signed = ? AND body_sha256
 
 _BUSY_MS = 5000  # how long a write waits for another process's write to finish
 _CLAIM_BUSY_MS = 500  # the replayer's writes wait less: pushes queue behind them
+
+
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction, taken at once; any failure, the COMMIT's own included (a busy
+    database without WAL), rolls it back, so the connection is never left inside one."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 class SpoolUnavailable(Exception):
@@ -112,20 +128,18 @@ class Spool:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # durable before we acknowledge WeChat
         # Workers starting together: one at a time creates or upgrades the schema.
-        db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA:
-                db.execute(statement)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(spool)")}
-            for name, declaration in _ADDED_COLUMNS.items():
-                if name not in columns:
-                    db.execute(f"ALTER TABLE spool ADD COLUMN {name} {declaration}")
-            db.execute(_SIGNED_INDEX)
+            with _immediate(db):
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(spool)")}
+                for name, declaration in _ADDED_COLUMNS.items():
+                    if name not in columns:
+                        db.execute(f"ALTER TABLE spool ADD COLUMN {name} {declaration}")
+                db.execute(_SIGNED_INDEX)
         except BaseException:
-            db.execute("ROLLBACK")
             db.close()
             raise
-        db.execute("COMMIT")
         # The cap comes after the schema: an old spool filled up to it during an outage
         # must still get its new index, or its pushes could never be replayed.
         page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
@@ -179,8 +193,7 @@ class Spool:
                 raise SpoolUnavailable("no time left to write the spool")
         db.execute(f"PRAGMA busy_timeout={busy_ms}")
         try:
-            db.execute("BEGIN IMMEDIATE")  # the check and the insert as one, across workers
-            try:
+            with _immediate(db):  # the check and the insert as one, across workers
                 if signed and db.execute(_CONFLICT, (app_id, signed, body_sha256)).fetchone():
                     raise SpoolConflict(signed)
                 cursor = db.execute(
@@ -188,10 +201,6 @@ class Spool:
                     " signed, body_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         finally:
             db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         return int(cursor.lastrowid or 0)
@@ -220,8 +229,7 @@ class Spool:
         # Briefly: pushes to spool wait behind a claim on this thread; it can try later.
         db.execute(f"PRAGMA busy_timeout={_CLAIM_BUSY_MS}")
         try:
-            db.execute("BEGIN IMMEDIATE")  # one claimant at a time across processes
-            try:
+            with _immediate(db):  # one claimant at a time across processes
                 rows = db.execute(
                     "SELECT id, app_id, request_id, received_at, attempts, message FROM spool"
                     " WHERE next_try_at <= ? ORDER BY id LIMIT ?",
@@ -231,10 +239,6 @@ class Spool:
                     "UPDATE spool SET next_try_at = ? WHERE id = ?",
                     [(leased_until, row[0]) for row in rows],
                 )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         finally:
             db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         return rows
