@@ -121,6 +121,9 @@ async def test_unacknowledged_events_come_back_then_go_to_dead_letters(
     )
     assert fields[b"event_id"].decode() == first[0].event_id
     assert fields[b"group"] == b"flaky"
+    assert fields[b"deliveries"] == b"2"
+    with pytest.raises(TimeoutError):  # and never a third delivery
+        await read(stream, 1, timeout=2.5)
     stream.cancel()
     assert await ack(stack, "flaky", first[0].event_id) == 0  # no longer pending
 
@@ -229,8 +232,9 @@ async def test_expired_events_behind_a_long_pending_list_come_back(
     stack: Stack, redis_client: redis.Redis
 ) -> None:
     """A patient consumer holds 1,000 events (12 h timeout); a crashed one held 3 more with
-    a 1 s timeout. Each claim looks at a window of the pending list that moves on, so the
-    crashed consumer's events are found however many pending entries come before them."""
+    a 1 s timeout. Each holder's list is searched with its own timeout, so the crashed
+    consumer's events are found however many pending entries come before them (its name
+    sorts after the patient's, so its list is searched last)."""
     stream_key = app_key(the_app(stack), "events")
     message = text_message(the_app(stack), "queued", "1").SerializeToString()
     pipe = redis_client.pipeline(transaction=False)
@@ -242,7 +246,7 @@ async def test_expired_events_behind_a_long_pending_list_come_back(
         stack, "deep", "patient", max_in_flight=1000, visibility_timeout=twelve_hours
     )
     await read(patient, 1000, timeout=30)
-    crashed = subscribe(stack, "deep", "crashed", max_in_flight=3, visibility_timeout=ONE_SECOND)
+    crashed = subscribe(stack, "deep", "x-crashed", max_in_flight=3, visibility_timeout=ONE_SECOND)
     lost = await read(crashed, 3)
     crashed.cancel()
     rescuer = subscribe(stack, "deep", "rescuer", visibility_timeout=ONE_SECOND)
@@ -275,3 +279,42 @@ async def test_max_in_flight_holds_for_a_consumer_with_a_large_expired_backlog(
                 delivered.add((await stream.read()).event_id)
     stream.cancel()
     assert 0 < len(delivered) <= 1000
+
+
+async def test_a_consumer_with_more_expired_events_than_one_page_is_not_stuck(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    """2,016 expired events of its own and max_in_flight 16: it gets 16 of them back."""
+    stream_key = app_key(the_app(stack), "events")
+    message = text_message(the_app(stack), "queued", "1").SerializeToString()
+    await redis_client.xgroup_create(stream_key, "pages", id="0", mkstream=True)
+    pipe = redis_client.pipeline(transaction=False)
+    for _ in range(2016):
+        pipe.xadd(stream_key, {"m": message, "t": "text", "e": ""})
+    await pipe.execute()
+    await redis_client.xreadgroup("pages", "busy", {stream_key: ">"}, count=2016)
+    await asyncio.sleep(1.1)
+    stream = subscribe(stack, "pages", "busy", max_in_flight=16, visibility_timeout=ONE_SECOND)
+    again = await read(stream, 16)
+    assert all(e.delivery_count == 2 for e in again)
+    stream.cancel()
+
+
+async def test_events_trimmed_while_pending_are_let_go(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    """Retention trimmed them before anyone acknowledged: nothing left to deliver."""
+    await deliver(stack, "a", "b", first_id=61)
+    holder = subscribe(stack, "trimmed", "t1", visibility_timeout=ONE_SECOND)
+    await read(holder, 2)
+    holder.cancel()
+    stream_key = app_key(the_app(stack), "events")
+    await redis_client.xtrim(stream_key, maxlen=0)
+    other = subscribe(stack, "trimmed", "t2", visibility_timeout=ONE_SECOND)
+    for _ in range(100):
+        summary = await redis_client.xpending(stream_key, "trimmed")
+        if summary["pending"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert summary["pending"] == 0
+    other.cancel()

@@ -51,9 +51,9 @@ def _event(event_id: Any, fields: dict[bytes, bytes], delivery_count: int) -> St
     )
 
 
-# Of the claimer's own pending entries, how many are looked at to find the expired ones
-# (those past it count as in flight: `max_in_flight` may be under-used, never exceeded).
-_OWN = 2000
+# The claimer's own expired entries are counted in pages of this many (exactly, with
+# bounded memory inside Redis); the first page is also the first to be reclaimed.
+_PAGE = 1000
 # Connections for the blocking reads of open event streams, one per stream reading:
 # past this many streams per replica, a new one is refused (UNAVAILABLE) while ingress
 # and sends keep their own pool.
@@ -63,24 +63,17 @@ _FORGET_AFTER_MS = 24 * 3600 * 1000  # a consumer's timeout is kept this long af
 # KEYS: stream, the group's timeouts hash (consumer → visibility ms), the group's
 #       last-seen zset, dead-letter stream.
 # ARGV: group, consumer, its visibility ms, max in flight, max deliveries, retention,
-#       own limit, now ms, forget after ms, "1" to claim (else only count the room).
+#       page size, now ms, forget after ms, "1" to claim (else only count the room).
 # → {room left, then id, flat fields, delivery count for each event claimed}.
-# In flight = this consumer's pending events not yet past its visibility timeout. Each
-# holder's pending list is searched with its own timeout (the claimer's if the holder
-# is unknown), the claimer's own first, so only claimable entries come back and none is
-# passed over; an event past `max deliveries` goes to the dead-letter stream instead.
+# In flight = this consumer's pending events not yet past its visibility timeout (a
+# count-only poll counts every pending one: it may under-use the room, never exceed
+# it). Each holder's pending list is searched with its own timeout (the claimer's if the
+# holder is unknown), the claimer's own first, so only claimable entries come back and
+# none is passed over; an event past `max deliveries` goes to the dead-letter stream.
+# Bookkeeping and dead letters use pcall: when Redis is out of memory they wait, and
+# claims (which need no memory) go on.
 _CLAIM = """
 local group, me, mine = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now, forget = tonumber(ARGV[8]), tonumber(ARGV[9])
-redis.call('HSET', KEYS[2], me, mine)
-redis.call('ZADD', KEYS[3], now, me)
-for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - forget,
-                                 'LIMIT', 0, 10)) do
-  redis.call('HDEL', KEYS[2], gone)
-  redis.call('ZREM', KEYS[3], gone)
-end
-redis.call('PEXPIRE', KEYS[2], 2 * forget)
-redis.call('PEXPIRE', KEYS[3], 2 * forget)
 local holders, held = {}, 0
 local summary = redis.call('XPENDING', KEYS[1], group)
 if summary[4] then
@@ -90,8 +83,26 @@ if summary[4] then
 end
 local room = tonumber(ARGV[4]) - held
 if ARGV[10] ~= '1' then return {room} end
-local own = redis.call('XPENDING', KEYS[1], group, 'IDLE', mine, '-', '+', ARGV[7], me)
-room = room + #own
+local now, forget = tonumber(ARGV[8]), tonumber(ARGV[9])
+redis.pcall('HSET', KEYS[2], me, mine)
+redis.pcall('ZADD', KEYS[3], now, me)
+local gone = redis.pcall('ZRANGEBYSCORE', KEYS[3], '-inf', now - forget, 'LIMIT', 0, 10)
+if gone.err == nil then
+  for _, name in ipairs(gone) do
+    redis.pcall('HDEL', KEYS[2], name)
+    redis.pcall('ZREM', KEYS[3], name)
+  end
+end
+redis.pcall('PEXPIRE', KEYS[2], 2 * forget)
+redis.pcall('PEXPIRE', KEYS[3], 2 * forget)
+local page, own, start = tonumber(ARGV[7]), nil, '-'
+while true do
+  local batch = redis.call('XPENDING', KEYS[1], group, 'IDLE', mine, start, '+', page, me)
+  if own == nil then own = batch end
+  room = room + #batch
+  if #batch < page then break end
+  start = '(' .. batch[#batch][1]
+end
 local out = {0}
 local function take(entries, timeout)
   for _, entry in ipairs(entries) do
@@ -105,8 +116,8 @@ local function take(entries, timeout)
       table.insert(fields, 'group') table.insert(fields, group)
       table.insert(fields, 'event_id') table.insert(fields, id)
       table.insert(fields, 'deliveries') table.insert(fields, count)
-      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
-      redis.call('XACK', KEYS[1], group, id)
+      local dead = redis.pcall('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
+      if type(dead) ~= 'table' or dead.err == nil then redis.call('XACK', KEYS[1], group, id) end
     else
       redis.call('XCLAIM', KEYS[1], group, me, timeout, id)  -- counts a delivery
       table.insert(out, id)
@@ -119,7 +130,7 @@ end
 take(own, mine)
 for _, holder in ipairs(holders) do
   if room <= 0 then break end
-  local timeout = tonumber(redis.call('HGET', KEYS[2], holder) or mine)
+  local timeout = tonumber(redis.pcall('HGET', KEYS[2], holder) or mine) or mine
   take(redis.call('XPENDING', KEYS[1], group, 'IDLE', timeout, '-', '+', room, holder), timeout)
 end
 out[1] = room
@@ -189,7 +200,7 @@ class EventLog:
             max_in_flight,
             max_deliveries,
             self._retention,
-            _OWN,
+            _PAGE,
             int(time.time() * 1000),
             _FORGET_AFTER_MS,
             "1" if take_expired else "0",
