@@ -74,10 +74,11 @@ _FORGET_AFTER_MS = 24 * 3600 * 1000  # a consumer's timeout is kept this long af
 # claims (which need no memory) go on.
 _CLAIM = """
 local group, me, mine = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local holders, held = {}, 0
+local holders, holding, held = {}, {}, 0
 local summary = redis.call('XPENDING', KEYS[1], group)
 if summary[4] then
   for _, holder in ipairs(summary[4]) do
+    holding[holder[1]] = true
     if holder[1] == me then held = tonumber(holder[2]) else table.insert(holders, holder[1]) end
   end
 end
@@ -91,6 +92,9 @@ if gone.err == nil then
   for _, name in ipairs(gone) do
     redis.pcall('HDEL', KEYS[2], name)
     redis.pcall('ZREM', KEYS[3], name)
+    -- Gone for a day and holding nothing: off the group's consumer list too (deleting
+    -- one that holds events would drop them from redelivery).
+    if not holding[name] then redis.pcall('XGROUP', 'DELCONSUMER', KEYS[1], group, name) end
   end
 end
 redis.pcall('PEXPIRE', KEYS[2], 2 * forget)
