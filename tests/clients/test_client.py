@@ -95,3 +95,20 @@ async def test_streams_carry_the_credential_and_map_errors(redis_client: redis.R
                 async for _ in team.events.StreamEvents(bad):
                     pass
             assert caught.value.reason == "INVALID_CONSUMER_GROUP"
+
+
+async def test_the_delivery_stream_carries_the_credential(redis_client: redis.Redis) -> None:
+    app_id = new_app_id()
+    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
+        target = f"127.0.0.1:{stack.core.port}"
+        async with wxplatform_client.Client(target, EDGE_CREDENTIAL) as client:
+            call = client.ingress.DeliverStream()
+            delivery = ingress_service_pb2.StreamedDelivery(
+                id=1, request=deliver_request(text_message(app_id, "hello")), timeout_ms=5000
+            )
+            await call.write(ingress_service_pb2.DeliverStreamRequest(deliveries=[delivery]))
+            answer = await call.read()
+            (result,) = answer.results
+            assert result.id == 1
+            assert result.response.reply.text.content == "hi there"
+            await call.done_writing()

@@ -24,6 +24,7 @@ from wxplatform_client._errors import (
     Unavailable,
     Unimplemented,
     WxPlatformError,
+    from_rpc_error,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "WxPlatformError",
+    "from_rpc_error",
 ]

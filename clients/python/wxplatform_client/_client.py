@@ -82,6 +82,25 @@ class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # 
         return responses()
 
 
+class _BidiDefaults(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Bidirectional streams (the edge's DeliverStream): the credential, no deadline.
+
+    The call is handed back as grpc made it (`write`, `read`, `done_writing`), so its
+    failures are grpc's `AioRpcError`; `wxplatform_client.from_rpc_error` types them.
+    """
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        details = self._details(client_call_details)
+        if client_call_details.timeout is None:
+            details = details._replace(timeout=None)
+        return await continuation(details, request_iterator)
+
+
 class Client:
     """A connection to wxplatform's core for one caller.
 
@@ -97,7 +116,11 @@ class Client:
         timeout: float = 5.0,
         channel_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        interceptors = [_UnaryDefaults(credential, timeout), _StreamDefaults(credential, timeout)]
+        interceptors = [
+            _UnaryDefaults(credential, timeout),
+            _StreamDefaults(credential, timeout),
+            _BidiDefaults(credential, timeout),
+        ]
         self.channel = (
             grpc.aio.secure_channel(target, channel_credentials, interceptors=interceptors)
             if channel_credentials is not None
