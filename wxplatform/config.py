@@ -597,6 +597,8 @@ def _parse_caller(t: _Table, apps: Mapping[str, AppConfig]) -> CallerConfig:
     digest = t.get("token_sha256", str, required=True).lower()
     if not _SHA256.fullmatch(digest):
         raise ConfigError(t.key("token_sha256"), "must be 64 hex characters (sha256 of the token)")
+    if digest == hash_credential(""):
+        raise ConfigError(t.key("token_sha256"), "is the hash of an empty credential")
     grants = []
     for g in t.tables("allow"):
         app_ids = g.strings("apps")

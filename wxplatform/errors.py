@@ -60,7 +60,14 @@ __all__ = [
     "WindowClosed",
     "WindowQuotaExhausted",
     "WxPlatformError",
+    "quoted",
 ]
+
+
+def quoted(value: str, limit: int = 64) -> str:
+    """`value` for an error message: quoted, and cut short (a request may carry kilobytes,
+    and the message travels back in the call's trailers)."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
 
 
 class WxPlatformError(Exception):
@@ -107,7 +114,8 @@ class AppNotFound(WxPlatformError):
     reason = "APP_NOT_FOUND"
 
     def __init__(self, app_id: str) -> None:
-        super().__init__(f"app {app_id!r} is not configured", metadata={"app_id": app_id})
+        shown = quoted(app_id)
+        super().__init__(f"app {shown} is not configured", metadata={"app_id": app_id[:64]})
 
 
 class AppKindMismatch(WxPlatformError):

@@ -63,12 +63,13 @@ async def test_unreachable_core_is_unavailable() -> None:
             await client.tokens.GetAccessToken(token_service_pb2.GetAccessTokenRequest(app_id="wx"))
 
 
-def test_the_client_wraps_every_service() -> None:
-    client_services = {
-        stub.__class__.__name__.removesuffix("Stub")
-        for stub in vars(wxplatform_client.Client("127.0.0.1:1", "x")).values()
-        if stub.__class__.__name__.endswith("ServiceStub")
-    }
+async def test_the_client_wraps_every_service() -> None:
+    async with wxplatform_client.Client("127.0.0.1:1", "x") as client:  # in a running loop
+        client_services = {
+            stub.__class__.__name__.removesuffix("Stub")
+            for stub in vars(client).values()
+            if stub.__class__.__name__.endswith("ServiceStub")
+        }
     assert {name.rsplit(".", 1)[1] for name in API_SERVICES} == client_services
 
 

@@ -531,9 +531,18 @@ async def test_mini_programs_send_no_template_messages(env: Env) -> None:
     assert error_info(error)[0] == "APP_KIND_MISMATCH"
 
 
-async def test_unknown_delivery(env: Env) -> None:
-    error = await failure(env.delivery("dnope"))
+@pytest.mark.parametrize("delivery_id", ["dnope", "d" + "0" * 24, "msgid:200163836", "x" * 5000])
+async def test_unknown_delivery(env: Env, delivery_id: str) -> None:
+    """Ids this service never made name nothing (not even another record's key)."""
+    error = await failure(env.delivery(delivery_id))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert len(error.details() or "") < 300
+
+
+async def test_a_malformed_url_is_an_invalid_argument(env: Env) -> None:
+    error = await failure(env.template("bad-url", url="http://[::1"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert env.calls(TEMPLATE_API) == 0
 
 
 async def test_stampede_of_sends_fetches_one_token(redis_client: redis.Redis) -> None:

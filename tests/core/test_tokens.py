@@ -30,6 +30,7 @@ from tests.support import (
     running_stack,
 )
 from wxplatform.clock import ManualClock
+from wxplatform.config import hash_credential
 from wxplatform.core.adapters.credential_store import CredentialStore
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.sim import WeChatSimulator
@@ -382,7 +383,8 @@ async def test_js_sdk_signs_the_url_as_the_browser_reports_it(
 
 
 @pytest.mark.parametrize(
-    "url", ["/relative", "ftp://x/y", "https://", "https://x:port/", "https://u:p@x/"]
+    "url",
+    ["/relative", "ftp://x/y", "https://", "https://x:port/", "https://u:p@x/", "http://[::1"],
 )
 async def test_js_sdk_refuses_what_is_no_page_url(one: World, url: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -409,3 +411,54 @@ async def test_a_stalled_refresher_cannot_store_an_older_token(redis_client: red
     # Even holding the lock again later, an older fence cannot overwrite a newer write.
     await redis_client.set(f"wxp:{{{app_id}}}:token:lock", stalled)
     assert not await store.store(app_id, stalled, "older", 0)
+
+
+async def test_invalidating_needs_the_grant_to_read_tokens(redis_client: redis.Redis) -> None:
+    """InvalidateAccessToken answers with the current token: a caller allowed only to
+    report tokens must not read them that way."""
+    app_id = new_app_id()
+    reporter = "reporter-credential-0001"
+    callers = [
+        {"name": "team", "token_sha256": hash_credential(TEAM_CREDENTIAL),
+         "allow": [{"apps": ["*"], "rpcs": ["*"]}]},
+        {"name": "reporter", "token_sha256": hash_credential(reporter),
+         "allow": [{"apps": ["*"], "rpcs": ["TokenService/InvalidateAccessToken"]}]},
+    ]  # fmt: skip
+    settings = make_settings(app_table(app_id), callers=callers)
+    async with (
+        running_simulator(settings) as (_, settings),
+        running_stack(settings, redis_client) as stack,
+    ):
+        stub = token_service_pb2_grpc.TokenServiceStub(stack.channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.InvalidateAccessToken(
+                pb.InvalidateAccessTokenRequest(app_id=app_id, access_token="bogus"),
+                metadata=bearer(reporter),
+            )
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "GetAccessToken" in (caught.value.details() or "")
+
+
+async def test_errors_quote_request_values_briefly(one: World) -> None:
+    """A 20 KB app id is not echoed back whole: the error and its reason still arrive."""
+    huge = "x" * 20_000
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await one.stub().GetAccessToken(
+            pb.GetAccessTokenRequest(app_id=huge), metadata=bearer(TEAM_CREDENTIAL)
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(caught.value)[0] == "CALLER_NOT_AUTHORIZED"
+    assert len(caught.value.details() or "") < 300
+
+
+async def test_a_ticket_endpoints_daily_quota_carries_retry_info(one: World) -> None:
+    await one.token()
+    one.sim.add_fault("/cgi-bin/ticket/getticket", errcode=45009)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await one.stub().GetJsSdkSignature(
+            pb.GetJsSdkSignatureRequest(app_id=one.app_id, url="https://x.cn/"),
+            metadata=bearer(TEAM_CREDENTIAL),
+        )
+    assert error_info(caught.value)[0] == "WECHAT_DAILY_QUOTA_EXHAUSTED"
+    now = one.clock.now()
+    assert retry_delay(caught.value) == pytest.approx(next_reset(now) - now, abs=2)

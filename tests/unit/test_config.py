@@ -49,6 +49,11 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
         ("edge.max_body_bytes", 10, "edge.max_body_bytes"),
         ("redis.url", "http://x", "redis.url"),
         ("redis.url", "redis://localhost:abc", "redis.url"),
+        (
+            "callers.0.token_sha256",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "callers[0].token_sha256",
+        ),
         ("redis.url", "redis://localhost:70000", "redis.url"),
         ("wechat.api_base", "ftp://x", "wechat.api_base"),
         ("apps.0.kind", "game", "apps[0].kind"),

@@ -24,7 +24,12 @@ from wxplatform.config import CallerConfig, hash_credential
 from wxplatform.core import metrics
 from wxplatform.core.servicers.context import current_caller, stream_authorizer
 from wxplatform.core.servicers.errors import to_rpc_status
-from wxplatform.errors import CallerNotAuthorized, CallerUnauthenticated, WxPlatformError
+from wxplatform.errors import (
+    CallerNotAuthorized,
+    CallerUnauthenticated,
+    WxPlatformError,
+    quoted,
+)
 from wxplatform.logs import REQUEST_ID_METADATA, new_request_id, request_id
 
 __all__ = ["CallerAuth", "ErrorMapping", "Observability", "default_interceptors"]
@@ -36,6 +41,9 @@ Stream = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 Bidi = Callable[[AsyncIterator[Any], grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 API_PACKAGE = "acme.wxplatform.v1."
+# RPCs that answer with what another RPC gives need that one's grant too:
+# InvalidateAccessToken answers with the current access token.
+_ALSO_NEEDS = {("TokenService", "InvalidateAccessToken"): (("TokenService", "GetAccessToken"),)}
 _KNOWN_CREDENTIALS = 64
 
 # Infrastructure services that load balancers and tools call without a credential.
@@ -277,12 +285,14 @@ class CallerAuth(_HandlerWrapper):
 
     @staticmethod
     def _check(caller: CallerConfig, method: str, app_id: str) -> None:
-        """Default deny: raises unless a grant names both the RPC and the app."""
+        """Default deny: raises unless a grant names both the RPC and the app (and the
+        RPCs whose answers it also gives)."""
         _, service, name = split_method(method)
-        if not any(g.allows(app_id, service, name) for g in caller.grants):
-            raise CallerNotAuthorized(
-                f"caller {caller.name!r} may not call {service}/{name} for app {app_id!r}"
-            )
+        for rpc in ((service, name), *_ALSO_NEEDS.get((service, name), ())):
+            if not any(g.allows(app_id, *rpc) for g in caller.grants):
+                raise CallerNotAuthorized(
+                    f"caller {caller.name!r} may not call {'/'.join(rpc)} for app {quoted(app_id)}"
+                )
 
     def _authorize(
         self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -39,6 +40,7 @@ from wxplatform.errors import (
     WindowClosed,
     WindowQuotaExhausted,
     WxPlatformError,
+    quoted,
 )
 from wxplatform.wechat.daily import next_reset
 from wxplatform.wechat.errcodes import classify
@@ -47,6 +49,7 @@ __all__ = ["MessagingService"]
 
 log = logging.getLogger("wxplatform.core.messaging")
 
+_DELIVERY_ID = re.compile(r"d[0-9a-f]{24}")  # "d" + secrets.token_hex(12), as `_send` makes
 _CLIENT_MSG_ID_EXISTS = 45065  # WeChat already sent this client_msg_id: it is a success
 _DAILY_QUOTA = 45009
 _RATE_LIMIT = 45011
@@ -140,9 +143,14 @@ class MessagingService:
         self._app(app_id)
         if not delivery_id:
             raise InvalidRequest(FieldViolation("delivery_id", "is required"))
-        record = await self._store.record(app_id, delivery_id)
+        # Only ids this service made name a record (others could name another key).
+        record = (
+            await self._store.record(app_id, delivery_id)
+            if _DELIVERY_ID.fullmatch(delivery_id)
+            else None
+        )
         if record is None:
-            raise DeliveryNotFound(f"no delivery {delivery_id!r}")
+            raise DeliveryNotFound(f"no delivery {quoted(delivery_id)}")
         return pb.Delivery.FromString(record)
 
     async def record_result(self, message: inbound.InboundMessage) -> None:

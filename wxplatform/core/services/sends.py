@@ -82,8 +82,13 @@ class _Checks:
             self.fail(field, "must be an openid")
 
     def url(self, field: str, value: str) -> None:
-        parts = urllib.parse.urlsplit(value)
-        if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+        if not value:
+            return
+        try:
+            parts = urllib.parse.urlsplit(value)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             self.fail(field, "must be an absolute http(s) URL")
 
     def data(self, data: Mapping[str, pb.TemplateDataValue], *, colors: bool) -> None:

@@ -53,7 +53,10 @@ def _as_the_browser_reports(url: str) -> str:
     spaces in path and query %-escaped, as browsers normalize them. The rest stays as
     given (existing escapes are kept).
     """
-    parts = urllib.parse.urlsplit(url.split("#", 1)[0])
+    try:
+        parts = urllib.parse.urlsplit(url.split("#", 1)[0])
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise InvalidRequest(FieldViolation("url", "must be an absolute http(s) URL")) from None
     scheme, host = parts.scheme.lower(), (parts.hostname or "")
     try:
         port = parts.port
@@ -174,18 +177,7 @@ class TokenService:
         try:
             return await self._new_token(app, rejected, deadline)
         except WeChatRefused as exc:
-            if exc.errcode != _DAILY_QUOTA:
-                raise
-            # The token endpoint's daily quota (2,000 calls for /cgi-bin/token): when
-            # to try again is WeChat's daily reset.
-            now = self._clock.now()
-            raise WeChatRefused(
-                exc.reason,
-                exc.errcode,
-                exc.errmsg,
-                exc.rid,
-                retry_after=max(next_reset(now) - now, 1.0),
-            ) from None
+            raise self._until_reset(exc) from None
 
     async def _new_token(
         self, app: AppConfig, rejected: str | None, deadline: float
@@ -261,7 +253,25 @@ class TokenService:
                 deadline=deadline,
             )
 
-        return _credential(await self.with_token(app, fetch, deadline=deadline), "ticket")
+        try:
+            data = await self.with_token(app, fetch, deadline=deadline)
+        except WeChatRefused as exc:
+            raise self._until_reset(exc) from None
+        return _credential(data, "ticket")
+
+    def _until_reset(self, refusal: WeChatRefused) -> WeChatRefused:
+        """A daily quota refusal (45009) of a credential endpoint, with RetryInfo until
+        WeChat's daily reset; any other refusal as it is."""
+        if refusal.errcode != _DAILY_QUOTA:
+            return refusal
+        now = self._clock.now()
+        return WeChatRefused(
+            refusal.reason,
+            refusal.errcode,
+            refusal.errmsg,
+            refusal.rid,
+            retry_after=max(next_reset(now) - now, 1.0),
+        )
 
     async def close(self) -> None:
         """Wait for refreshes still in flight."""
