@@ -149,6 +149,18 @@ async def test_bad_names_and_ids_are_invalid_arguments(stack: Stack) -> None:
         await ack(stack, "ok-group", "not-an-id")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert await ack(stack, "never-created", "1-0") == 0
+    unknown = event_service_pb2_grpc.EventServiceStub(stack.channel).StreamEvents(
+        ev.StreamEventsRequest(
+            app_id=the_app(stack),
+            consumer_group="ok-group",
+            consumer_name="c1",
+            start_position=cast(ev.StartPosition.ValueType, 99),  # a newer client's value
+        ),
+        metadata=bearer(TEAM_CREDENTIAL),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unknown.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_draining_ends_streams_with_unavailable(redis_client: redis.Redis) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from acme.wxplatform.v1 import messaging_service_pb2 as pb
@@ -54,4 +56,19 @@ def test_mini_program_fields_on_an_official_account_are_named_each() -> None:
     request.ClearField("lang")
     with pytest.raises(InvalidRequest) as caught:
         subscribe_send(official_account(), request)
+    assert set(violations(caught)) == {"mini_program_state"}
+
+
+def test_an_unknown_mini_program_state_is_refused() -> None:
+    mini = make_settings(app_table("wxmp1", kind="mini_program", auto_reply=[], default_reply=None))
+    request = pb.SendSubscribeMessageRequest(
+        app_id="wxmp1",
+        idempotency_key="k1",
+        to_user=FOLLOWER,
+        template_id="SUB",
+        mini_program_state=cast(pb.MiniProgramState.ValueType, 42),  # a newer client's value
+    )
+    request.data["thing1"].value = "x"
+    with pytest.raises(InvalidRequest) as caught:
+        subscribe_send(mini.apps["wxmp1"], request)
     assert set(violations(caught)) == {"mini_program_state"}

@@ -15,8 +15,10 @@ from wxplatform.core.services.events import (
     DEFAULT_IN_FLIGHT,
     DEFAULT_VISIBILITY_MS,
     EventService,
+    InvalidConsumerGroup,
     Subscription,
 )
+from wxplatform.errors import FieldViolation
 
 __all__ = ["EventServicer"]
 
@@ -31,6 +33,10 @@ class EventServicer(pb_grpc.EventServiceServicer):
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         visibility = request.visibility_timeout
+        if request.start_position not in pb.StartPosition.values():
+            raise InvalidConsumerGroup(
+                FieldViolation("start_position", "is not a known StartPosition")
+            )
         subscription = Subscription(
             app_id=request.app_id,
             group=request.consumer_group,

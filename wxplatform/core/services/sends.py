@@ -176,6 +176,8 @@ def subscribe_send(app: AppConfig, request: pb.SendSubscribeMessageRequest) -> O
             checks.fail("mini_program", "applies to official accounts only")
         if request.lang and request.lang not in _LANGS:
             checks.fail("lang", f"must be one of {', '.join(_LANGS)}")
+        if request.mini_program_state not in _STATES:
+            checks.fail("mini_program_state", "is not a known MiniProgramState")
         if request.page:
             body["page"] = request.page
         if _STATES.get(request.mini_program_state):
