@@ -269,19 +269,33 @@ async def test_expired_events_behind_a_long_pending_list_come_back(
     rescuer.cancel()
 
 
+async def held_by(
+    redis_client: redis.Redis,
+    stack: Stack,
+    group: str,
+    consumer: str,
+    count: int,
+    *,
+    waiting: int = 0,
+) -> None:
+    """`count` events delivered to `consumer` of a new `group` (as Redis itself would,
+    faster than through the API), and `waiting` more never delivered."""
+    stream_key = app_key(the_app(stack), "events")
+    message = text_message(the_app(stack), "queued", "1").SerializeToString()
+    await redis_client.xgroup_create(stream_key, group, id="0", mkstream=True)
+    pipe = redis_client.pipeline(transaction=False)
+    for _ in range(count + waiting):
+        pipe.xadd(stream_key, {"m": message, "t": "text", "e": ""})
+    await pipe.execute()
+    await redis_client.xreadgroup(group, consumer, {stream_key: ">"}, count=count)
+
+
 async def test_max_in_flight_holds_for_a_consumer_with_a_large_expired_backlog(
     stack: Stack, redis_client: redis.Redis
 ) -> None:
     """A consumer name comes back to 2,100 expired events of its own, with 2,000 new ones
     waiting: it is handed at most max_in_flight events, old or new."""
-    stream_key = app_key(the_app(stack), "events")
-    message = text_message(the_app(stack), "queued", "1").SerializeToString()
-    await redis_client.xgroup_create(stream_key, "backlog", id="0", mkstream=True)
-    pipe = redis_client.pipeline(transaction=False)
-    for _ in range(4100):
-        pipe.xadd(stream_key, {"m": message, "t": "text", "e": ""})
-    await pipe.execute()
-    await redis_client.xreadgroup("backlog", "big", {stream_key: ">"}, count=2100)
+    await held_by(redis_client, stack, "backlog", "big", 2100, waiting=2000)
     await asyncio.sleep(1.1)  # past the 1 s visibility timeout the consumer asks for
     stream = subscribe(stack, "backlog", "big", max_in_flight=1000, visibility_timeout=ONE_SECOND)
     delivered: set[str] = set()
@@ -297,14 +311,7 @@ async def test_a_consumer_with_more_expired_events_than_one_page_is_not_stuck(
     stack: Stack, redis_client: redis.Redis
 ) -> None:
     """2,016 expired events of its own and max_in_flight 16: it gets 16 of them back."""
-    stream_key = app_key(the_app(stack), "events")
-    message = text_message(the_app(stack), "queued", "1").SerializeToString()
-    await redis_client.xgroup_create(stream_key, "pages", id="0", mkstream=True)
-    pipe = redis_client.pipeline(transaction=False)
-    for _ in range(2016):
-        pipe.xadd(stream_key, {"m": message, "t": "text", "e": ""})
-    await pipe.execute()
-    await redis_client.xreadgroup("pages", "busy", {stream_key: ">"}, count=2016)
+    await held_by(redis_client, stack, "pages", "busy", 2016)
     await asyncio.sleep(1.1)
     stream = subscribe(stack, "pages", "busy", max_in_flight=16, visibility_timeout=ONE_SECOND)
     again = await read(stream, 16)

@@ -8,12 +8,21 @@ import redis.asyncio as redis
 from tornado.httpclient import AsyncHTTPClient
 
 from tests.edge.signing import push_request, text_fields
-from tests.support import AES_KEY, app_table, make_settings, new_app_id, running_stack
+from tests.support import AES_KEY, Stack, app_table, make_settings, new_app_id, running_stack
 from wxplatform.wechat.crypto import MessageCrypto
 from wxplatform.wechat.payload import parse_xml, render_xml
 from wxplatform.wechat.signature import sign
 
 OLD_KEY = "B" * 43
+
+
+async def until_in_flight(stack: Stack) -> None:
+    """Wait (a few seconds at most) until the edge counts a push in flight."""
+    assert stack.edge is not None
+    for _ in range(500):
+        if stack.edge.deps.in_flight.count:
+            return
+        await asyncio.sleep(0.01)
 
 
 async def test_stop_lets_an_in_flight_push_finish(redis_client: redis.Redis) -> None:
@@ -27,10 +36,7 @@ async def test_stop_lets_an_in_flight_push_finish(redis_client: redis.Redis) -> 
         pushing = asyncio.ensure_future(
             AsyncHTTPClient().fetch(url, method="POST", body=body, raise_error=False)
         )
-        for _ in range(500):
-            if stack.edge.deps.in_flight.count:
-                break
-            await asyncio.sleep(0.01)
+        await until_in_flight(stack)
         assert stack.edge.deps.in_flight.count == 1
         await stack.edge.stop(grace_seconds=10)
         response = await pushing
@@ -109,10 +115,7 @@ async def test_during_a_drain_answers_close_their_keep_alive_connections(
             assert (status, headers.get("Connection")) == (200, None)  # kept alive
             slow_writer.write(slow[:-10])
             await slow_writer.drain()
-            for _ in range(500):
-                if stack.edge.deps.in_flight.count:
-                    break
-                await asyncio.sleep(0.01)
+            await until_in_flight(stack)
             stopping = asyncio.ensure_future(stack.edge.stop(grace_seconds=10))
             await asyncio.sleep(0.05)
             status, headers, reply = await _exchange(
@@ -144,10 +147,7 @@ async def test_a_push_still_arriving_when_the_drain_begins_is_answered(
         try:
             writer.write(request[:-20])  # the headers and most of the body
             await writer.drain()
-            for _ in range(500):
-                if stack.edge.deps.in_flight.count:
-                    break
-                await asyncio.sleep(0.01)
+            await until_in_flight(stack)
             stopping = asyncio.ensure_future(stack.edge.stop(grace_seconds=10))
             await asyncio.sleep(0.2)
             status, _, reply = await _exchange(reader, writer, request[-20:])

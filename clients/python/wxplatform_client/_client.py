@@ -27,12 +27,17 @@ class _CallDefaults:
         self._auth = ("authorization", f"Bearer {credential}")
         self._timeout = timeout
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def _details(
+        self, details: grpc.aio.ClientCallDetails, *, stream: bool = False
+    ) -> grpc.aio.ClientCallDetails:
+        """The credential added; the default deadline too, unless `stream` (streams stay
+        open indefinitely)."""
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         metadata.add(*self._auth)
+        default = None if stream else self._timeout
         return grpc.aio.ClientCallDetails(
             method=details.method,
-            timeout=details.timeout if details.timeout is not None else self._timeout,
+            timeout=details.timeout if details.timeout is not None else default,
             metadata=metadata,
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
@@ -55,7 +60,7 @@ class _UnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):  # ty
             raise from_rpc_error(exc) from None
 
 
-# grpc registers an interceptor object for one call shape only, hence two classes.
+# grpc registers an interceptor object for one call shape only, hence a class per shape.
 class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     """Server-streaming calls: defaults (no deadline), failures as typed exceptions."""
 
@@ -65,11 +70,7 @@ class _StreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # 
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        # Streams (StreamEvents) stay open indefinitely: no default deadline for them.
-        details = self._details(client_call_details)
-        if client_call_details.timeout is None:
-            details = details._replace(timeout=None)
-        call = await continuation(details, request)
+        call = await continuation(self._details(client_call_details, stream=True), request)
 
         async def responses() -> AsyncIterator[Any]:
             try:
@@ -95,9 +96,7 @@ class _BidiDefaults(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):  # t
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        details = self._details(client_call_details)
-        if client_call_details.timeout is None:
-            details = details._replace(timeout=None)
+        details = self._details(client_call_details, stream=True)
         return await continuation(details, request_iterator)
 
 
