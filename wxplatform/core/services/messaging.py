@@ -325,7 +325,7 @@ class MessagingService:
                 )
                 raise
             if exc.errcode == _DAILY_QUOTA:
-                exc = await self._trip(app, outbound.api, exc)
+                await self._trip(app, outbound.api, exc)
             if exc.errcode in _QUOTA_REFUSALS and not exc.after_possible_send:
                 # WeChat refused the call, not the message, and did not act: the key is
                 # released (as for our own rate limit) so a retry after RetryInfo sends.
@@ -437,10 +437,10 @@ class MessagingService:
             return delivery
         return applied if applied is not None else delivery
 
-    async def _trip(self, app: AppConfig, api: str, refusal: WeChatRefused) -> WeChatRefused:
+    async def _trip(self, app: AppConfig, api: str, refusal: WeChatRefused) -> None:
         """45009: stop calling this API for the app until WeChat's daily reset.
 
-        Returns `refusal` with a RetryInfo delay that ends at the reset.
+        The refusal's RetryInfo delay then ends at the reset.
         """
         now = self._clock.now()
         next_midnight = next_reset(now)
@@ -455,15 +455,7 @@ class MessagingService:
                 "daily quota exhausted; circuit open until the daily reset",
                 extra={"app_id": app.app_id, "api": api},
             )
-        tripped = WeChatRefused(
-            refusal.reason,
-            refusal.errcode,
-            refusal.errmsg,
-            refusal.rid,
-            retry_after=max(next_midnight - now, 1.0),
-        )
-        tripped.after_possible_send = refusal.after_possible_send
-        return tripped
+        refusal.retry_after = max(next_midnight - now, 1.0)
 
     async def _replay(self, app: AppConfig, delivery_id: str) -> pb.Delivery:
         """The original outcome of a completed request with this key: result or error."""

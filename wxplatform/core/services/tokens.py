@@ -265,13 +265,8 @@ class TokenService:
         if refusal.errcode != _DAILY_QUOTA:
             return refusal
         now = self._clock.now()
-        return WeChatRefused(
-            refusal.reason,
-            refusal.errcode,
-            refusal.errmsg,
-            refusal.rid,
-            retry_after=max(next_reset(now) - now, 1.0),
-        )
+        refusal.retry_after = max(next_reset(now) - now, 1.0)
+        return refusal
 
     async def close(self) -> None:
         """Wait for refreshes still in flight."""
