@@ -255,6 +255,14 @@ class CallbackDeps:
 # Time kept back from core's deadline so that spooling still fits in WeChat's 5 s.
 _SPOOL_RESERVE = 0.3
 _SPOOL_MIN = 0.02  # less than this left: do not even try to spool
+_SPOOLED_REPLAY = ("replayed_request", "a spooled push has its timestamp and nonce")
+
+
+def _signed(transport: inbound.InboundTransport) -> str:
+    """What a push's signature covers besides the token: the spool's "timestamp:nonce"."""
+    return f"{transport.signature_timestamp}:{transport.nonce}"
+
+
 _SIGNATURE_PARAMS = ("signature", "timestamp", "nonce")
 
 
@@ -434,14 +442,12 @@ class CallbackHandler(EdgeHandler):
                 self.request_id,
                 self.deps.clock.now(),
                 message.SerializeToString(),
-                signed=f"{transport.signature_timestamp}:{transport.nonce}",
+                signed=_signed(transport),
                 body_sha256=transport.body_sha256,
                 deadline=time.monotonic() + left,
             )
         except SpoolConflict:  # checked again with the write: two pushes at once
-            raise SignatureMismatch(
-                "replayed_request", "a spooled push has its timestamp and nonce"
-            ) from None
+            raise SignatureMismatch(*_SPOOLED_REPLAY) from None
         except SpoolUnavailable as exc:
             metrics.SPOOL_FAILURES.inc()
             log.error(
@@ -461,16 +467,14 @@ class CallbackHandler(EdgeHandler):
         try:
             conflict = await self.deps.spool.conflicts(
                 message.app_id,
-                f"{transport.signature_timestamp}:{transport.nonce}",
+                _signed(transport),
                 transport.body_sha256,
             )
         except SpoolUnavailable as exc:  # cannot tell: core's own guard still applies
             log.warning("spool unreadable for the replay check", extra={"error": str(exc)})
             return
         if conflict:
-            raise SignatureMismatch(
-                "replayed_request", "a spooled push has its timestamp and nonce"
-            )
+            raise SignatureMismatch(*_SPOOLED_REPLAY)
 
     def _parse(self, app: AppConfig, body: bytes) -> Payload:
         try:
