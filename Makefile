@@ -10,11 +10,12 @@ STAMP  := $(VENV)/.installed
 BUF    := node_modules/.bin/buf
 CODE   := wxplatform edge tests tools bench clients/python/wxplatform_client
 
-.PHONY: help venv run test check fmt proto bench clean
+.PHONY: help venv run test test-busy check fmt proto bench clean
 
 help:
 	@echo "make run     start redis + WeChat simulator + core + edge (dev config in .wxplatform/)"
 	@echo "make test    run the test suite"
+	@echo "make test-busy [TESTS=...] [COUNT=K]  the suite (or TESTS) K times beside a busy loop per CPU"
 	@echo "make check   format check, lint, types, buf lint, proto drift, layering"
 	@echo "make fmt     format the code"
 	@echo "make proto   regenerate clients/python from protos/"
@@ -41,6 +42,13 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The suite as a busy CI machine runs it: one busy loop per CPU at the same priority.
+# TESTS narrows it (pytest arguments), COUNT repeats each chosen test K times.
+TESTS ?=
+COUNT ?= 1
+test-busy: $(STAMP)
+	$(PY) tools/busy.py -- $(BIN)/pytest -q --count=$(COUNT) $(TESTS)
 
 check: $(STAMP) node_modules/.installed
 	$(BIN)/ruff format --check $(CODE)
