@@ -413,6 +413,21 @@ async def test_a_stalled_refresher_cannot_store_an_older_token(redis_client: red
     assert not await store.store(app_id, stalled, "older", 0)
 
 
+async def test_a_refresher_whose_lock_expired_unclaimed_still_stores(
+    redis_client: redis.Redis,
+) -> None:
+    """A starved holder's fetch reached WeChat: keep its token while nobody took over."""
+    store = CredentialStore(redis_client, "token", lock_ms=100)
+    app_id = new_app_id()
+    starved = await store.acquire(app_id)
+    await asyncio.sleep(0.25)  # the lock expires; no other refresher comes
+    assert await store.store(app_id, starved, "fetched", int(time.time() * 1000) + 7_200_000)
+    current = await store.read(app_id)
+    assert current is not None
+    assert (current.value, current.fence) == ("fetched", starved)
+    assert await store.acquire(app_id) > starved  # and the lock is free again
+
+
 async def test_invalidating_needs_the_grant_to_read_tokens(redis_client: redis.Redis) -> None:
     """InvalidateAccessToken answers with the current token: a caller allowed only to
     report tokens must not read them that way."""

@@ -2,9 +2,9 @@
 
 One hash per credential: `value`, `expires_ms` and the `fence` of the refresh that wrote
 it. Refreshing takes a lock whose value is a fencing number from a per-credential
-counter; `store` succeeds only while the lock still holds that number and no newer fence
-has written, so a refresher that stalled past its lock (GC pause, network) can never
-overwrite a newer credential. `invalidate` is compare-and-set on the value, so a burst of
+counter; `store` succeeds only while no newer fence has taken the lock or written, so a
+refresher that stalled past its lock (GC pause, network) can never overwrite a newer
+credential. `invalidate` is compare-and-set on the value, so a burst of
 reports about one rejected token invalidates it once, and reports about an older token
 change nothing.
 """
@@ -30,9 +30,17 @@ redis.call('SET', KEYS[1], fence, 'PX', ARGV[1])
 return fence
 """
 
-# KEYS: credential hash, lock. ARGV: fence, value, expires_ms. → 1 stored, 0 fenced off.
+# KEYS: credential hash, lock, fence counter. ARGV: fence, value, expires_ms.
+# → 1 stored, 0 fenced off. A holder whose lock expired under it (a starved process)
+# may still write while nobody has taken the lock since: what it fetched from WeChat
+# is the newest credential, and discarding it would cost another fetch.
 _STORE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder ~= ARGV[1] then
+  if holder or tonumber(redis.call('GET', KEYS[3]) or '0') ~= tonumber(ARGV[1]) then
+    return 0
+  end
+end
 local written = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
 if written > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'value', ARGV[2], 'expires_ms', ARGV[3], 'fence', ARGV[1])
@@ -127,8 +135,8 @@ class CredentialStore:
 
     async def store(self, app_id: str, fence: int, value: str, expires_ms: int) -> bool:
         """Write a fetched credential if `fence` still holds the lock; releases it."""
-        data, lock, _ = self._keys(app_id)
-        return bool(await self._run(self._store, [data, lock], [fence, value, expires_ms]))
+        data, lock, counter = self._keys(app_id)
+        return bool(await self._run(self._store, [data, lock, counter], [fence, value, expires_ms]))
 
     async def release(self, app_id: str, fence: int) -> None:
         """Give the lock back without writing (the fetch failed)."""

@@ -70,6 +70,9 @@ class CredentialManager:
         self._fetch = fetch
         self._clock = clock
         self._local: dict[str, _Local] = {}
+        # Bumped by `_forget`: a read of Redis that began before must not refill the
+        # local copy with what it read.
+        self._generations: dict[str, int] = {}
         # In flight per (app, rejected value or ""): a refresh after a rejection must not
         # ride on a background refresh that may hand the rejected token back.
         self._flights: dict[tuple[str, str], asyncio.Task[Credential]] = {}
@@ -84,12 +87,17 @@ class CredentialManager:
             and local.credential.expires_at - now > REFRESH_MARGIN
         ):
             return local.credential
+        generation = self._generations.get(app.app_id, 0)
         stored = await self._store.read(app.app_id)
         if stored is not None:
             credential = Credential(stored.value, stored.expires_ms / 1000)
             left = credential.expires_at - now
             if left > REFRESH_MARGIN:
-                self._local[app.app_id] = _Local(credential, now)
+                # Not if an invalidation came while we read (see `_forget`): our value
+                # may be the one rejected, and a local copy would hand it out for
+                # _LOCAL_CACHE seconds.
+                if self._generations.get(app.app_id, 0) == generation:
+                    self._local[app.app_id] = _Local(credential, now)
                 return credential
             if left > 5:
                 # Still valid: answer now, refresh in the background ahead of expiry.
@@ -101,12 +109,20 @@ class CredentialManager:
         self, app: AppConfig, value: str, *, deadline: float
     ) -> tuple[bool, Credential]:
         """Report `value` rejected by WeChat; returns (was it current, credential to use now)."""
-        self._local.pop(app.app_id, None)
+        self._forget(app.app_id)
         if await self._store.invalidate(app.app_id, value):
             log.info("credential invalidated", extra={"app_id": app.app_id, "kind": self.kind})
             stale = StoredCredential(value, 0, -1)
             return True, await self._wait(self._start(app, stale, value), deadline)
+        # Someone invalidated it first, maybe on another replica: reads of Redis made
+        # before that, on their way to the local copy, are stale too.
+        self._forget(app.app_id)
         return False, await self.get(app, deadline=deadline)
+
+    def _forget(self, app_id: str) -> None:
+        """Drop the local copy, and keep reads of Redis already under way from refilling it."""
+        self._generations[app_id] = self._generations.get(app_id, 0) + 1
+        self._local.pop(app_id, None)
 
     async def close(self) -> None:
         """Wait for refreshes in flight (each bounded by its own deadline)."""
