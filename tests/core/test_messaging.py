@@ -34,6 +34,7 @@ from tests.support import (
     running_simulator,
     running_stack,
 )
+from wxplatform.background import Background
 from wxplatform.clock import Clock, ManualClock
 from wxplatform.core.adapters.ingress_store import Accepted, IngressStore
 from wxplatform.core.services.ingress import dedup_key
@@ -186,7 +187,11 @@ async def test_a_result_accepted_before_a_crash_is_applied_by_the_retry(
               "Status": "success"}  # fmt: skip
     result = normalize(env.oa, fields, inbound.InboundTransport(), time.time())
     store = IngressStore(
-        redis_client, dedup_ttl_seconds=600, nonce_ttl_seconds=600, event_retention=1000
+        redis_client,
+        dedup_ttl_seconds=600,
+        nonce_ttl_seconds=600,
+        event_retention=1000,
+        background=Background(),
     )
     accepted = Accepted(result.SerializeToString(), "event", result.event, FOLLOWER, (), 0)
     assert (await store.accept(env.oa, dedup_key(result), None, b"", accepted)).new

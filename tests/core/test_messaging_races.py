@@ -24,6 +24,7 @@ from tests.core.test_messaging import (
     Env,
     environment,
     failure,
+    template_request,
 )
 from tests.support import TEAM_CREDENTIAL, bearer
 from wxplatform.core.adapters.redis_keys import app_key
@@ -212,3 +213,21 @@ async def test_waiting_duplicates_on_two_replicas_take_over_with_one_send(
         assert len({d.delivery_id for d in deliveries}) == 1
         assert all(d.status == pb.DELIVERY_STATUS_SENT for d in deliveries)
         assert env.calls(TEMPLATE_API) == 1
+
+
+async def test_core_stops_only_after_a_send_whose_caller_left(
+    env: Env, redis_client: redis.Redis
+) -> None:
+    """The send goes on without its caller (its outcome must be recorded); stopping core
+    waits for it, so it never runs on after the process closed its connections."""
+    env.sim.add_fault(TEMPLATE_API, latency_ms=2000)
+    request = template_request(env.oa, "left-alone")
+    call = env.stub().SendTemplate(request, metadata=bearer(TEAM_CREDENTIAL), timeout=60)
+    await until(lambda: env.calls(TEMPLATE_API) == 1, "the send to reach WeChat")
+    call.cancel()
+    await env.stacks[0].core.stop()
+    assert len(env.sim.sent(env.oa)) == 1
+    [idem] = [key async for key in redis_client.scan_iter(app_key(env.oa, "idem", "*"))]
+    state = await redis_client.get(idem)
+    assert isinstance(state, bytes)
+    assert state.startswith(b"done:")

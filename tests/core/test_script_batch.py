@@ -12,6 +12,7 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from wxplatform.background import Background
 from wxplatform.core.adapters.redis_client import connect
 from wxplatform.core.adapters.script_batch import ScriptBatcher
 
@@ -39,7 +40,7 @@ async def test_calls_of_one_turn_share_a_connection_and_keep_their_results(
 ) -> None:
     key = f"test:batch:{secrets.token_hex(4)}"
     script = fresh_client.register_script(_SCRIPT)
-    batcher = ScriptBatcher(fresh_client)
+    batcher = ScriptBatcher(fresh_client, Background())
     results = await asyncio.gather(
         *(batcher.run(script, [key], [f"v{n}"]) for n in range(50)), return_exceptions=True
     )
@@ -54,7 +55,7 @@ async def test_calls_of_one_turn_share_a_connection_and_keep_their_results(
 async def test_a_failing_call_fails_alone(fresh_client: redis.Redis) -> None:
     key = f"test:batch:{secrets.token_hex(4)}"
     script = fresh_client.register_script(_SCRIPT)
-    batcher = ScriptBatcher(fresh_client)
+    batcher = ScriptBatcher(fresh_client, Background())
     outcomes: list[object] = await asyncio.gather(
         batcher.run(script, [key], ["a"]),
         batcher.run(script, [key], ["bad"]),
@@ -71,7 +72,7 @@ async def test_a_failing_call_fails_alone(fresh_client: redis.Redis) -> None:
 async def test_a_flushed_script_cache_is_reloaded(fresh_client: redis.Redis) -> None:
     key = f"test:batch:{secrets.token_hex(4)}"
     script = fresh_client.register_script(_SCRIPT)
-    batcher = ScriptBatcher(fresh_client)
+    batcher = ScriptBatcher(fresh_client, Background())
     await batcher.run(script, [key], ["first"])
     await fresh_client.script_flush()  # as after a Redis restart
     results = await asyncio.gather(*(batcher.run(script, [key], [f"v{n}"]) for n in range(5)))
@@ -84,7 +85,7 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others(
 ) -> None:
     key = f"test:batch:{secrets.token_hex(4)}"
     script = fresh_client.register_script(_SCRIPT)
-    batcher = ScriptBatcher(fresh_client)
+    batcher = ScriptBatcher(fresh_client, Background())
     impatient = asyncio.ensure_future(batcher.run(script, [key], ["x"]))
     patient = asyncio.ensure_future(batcher.run(script, [key], ["y"]))
     await asyncio.sleep(0)
@@ -102,7 +103,7 @@ async def test_a_dead_redis_fails_every_call_of_the_batch() -> None:
     client = connect(f"redis://127.0.0.1:{port}/0")
     try:
         script = client.register_script(_SCRIPT)
-        batcher = ScriptBatcher(client)
+        batcher = ScriptBatcher(client, Background())
         results = await asyncio.gather(
             *(batcher.run(script, ["k"], [str(n)]) for n in range(3)), return_exceptions=True
         )

@@ -25,6 +25,7 @@ from acme.wxplatform.v1 import (
     token_service_pb2,
     token_service_pb2_grpc,
 )
+from wxplatform.background import Background
 from wxplatform.clock import Clock, SystemClock
 from wxplatform.config import Settings
 from wxplatform.core import metrics
@@ -85,6 +86,7 @@ class CoreServer:
     wechat: WeChatClient
     tokens: TokenService
     refresher: asyncio.Task[None]
+    background: Background
 
     async def stop(self) -> None:
         """Graceful drain: NOT_SERVING first, then let in-flight RPCs finish.
@@ -101,6 +103,9 @@ class CoreServer:
         # cancelled Redis call would strand its connection.
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(self.refresher, 15)
+        # Work that outlives its call (a send's outcome, a batch of script calls) ends
+        # before the caller of stop closes the Redis client under it.
+        await self.background.wait(15)
         await self.tokens.close()
         await self.event_log.close()
         await self.wechat.close()
@@ -120,12 +125,14 @@ async def create_server(
 ) -> CoreServer:
     """Build and start core on `listen` (default `[core] listen`; port 0 picks one)."""
     stopping = asyncio.Event()
+    background = Background()
     store = IngressStore(
         redis_client,
         dedup_ttl_seconds=settings.core.dedup_ttl_seconds,
         # A (timestamp, nonce) is acceptable for one window either side of its time.
         nonce_ttl_seconds=2 * settings.edge.timestamp_window_seconds + 60,
         event_retention=settings.core.event_retention,
+        background=background,
     )
     clock = clock or SystemClock()
     wechat = WeChatClient(settings.wechat.api_base)
@@ -140,8 +147,11 @@ async def create_server(
         redis_client,
         idempotency_ttl_seconds=settings.core.idempotency_ttl_seconds,
         record_ttl_seconds=settings.core.delivery_ttl_seconds,
+        background=background,
     )
-    messaging = MessagingService(settings.apps, messages, wechat, tokens, clock)
+    messaging = MessagingService(
+        settings.apps, messages, wechat, tokens, clock, background=background
+    )
     ingress = IngressService(settings.apps, store, clock, results=messaging)
     event_log = EventLog(redis_client, retention=settings.core.event_retention)
     events = EventService(
@@ -201,6 +211,7 @@ async def create_server(
         wechat,
         tokens,
         refresher,
+        background,
     )
 
 

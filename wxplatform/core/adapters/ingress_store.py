@@ -19,6 +19,7 @@ from typing import cast
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from wxplatform.background import Background
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.core.adapters.script_batch import ScriptBatcher
 from wxplatform.errors import ReplayedRequest, StoreUnavailable
@@ -127,9 +128,11 @@ class IngressStore:
         dedup_ttl_seconds: int,
         nonce_ttl_seconds: int,
         event_retention: int,
+        background: Background,
     ) -> None:
         self._accept = client.register_script(_ACCEPT)
-        self._scripts = ScriptBatcher(client)  # a burst of deliveries: one round trip
+        # A burst of deliveries: one round trip.
+        self._scripts = ScriptBatcher(client, background)
         self._dedup_ttl_ms = dedup_ttl_seconds * 1000
         self._nonce_ttl_ms = nonce_ttl_seconds * 1000
         self._retention = event_retention

@@ -24,7 +24,6 @@ keeps the expiry and never recreates an expired record.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, cast
@@ -32,6 +31,7 @@ from typing import Any, cast
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from wxplatform.background import Background
 from wxplatform.core.adapters.redis_keys import app_key
 from wxplatform.core.adapters.script_batch import ScriptBatcher
 from wxplatform.errors import StoreUnavailable
@@ -188,15 +188,21 @@ class MessageStore:
     """Redis state of outbound sends."""
 
     def __init__(
-        self, client: redis.Redis, *, idempotency_ttl_seconds: int, record_ttl_seconds: int
+        self,
+        client: redis.Redis,
+        *,
+        idempotency_ttl_seconds: int,
+        record_ttl_seconds: int,
+        background: Background,
     ) -> None:
         self._redis = client
+        self._background = background
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
         self._locate_or_park = client.register_script(_LOCATE_OR_PARK)
         self._replace = client.register_script(_REPLACE)
-        self._scripts = ScriptBatcher(client)  # concurrent sends share round trips
+        self._scripts = ScriptBatcher(client, background)  # concurrent sends share round trips
         self._idem_ms = idempotency_ttl_seconds * 1000
         self._record_ms = record_ttl_seconds * 1000
         self._pending_ms = 120_000  # longer than any send (deadlines are seconds)
@@ -273,7 +279,7 @@ class MessageStore:
         args = [digest, delivery_id, record, self._idem_ms, self._record_ms, refund]
         # Shielded: the record must be written even if the caller's deadline cancels us,
         # or a retry with the same key could send the message a second time.
-        early = await asyncio.shield(self._run(self._finish, keys, args))
+        early = await self._background.shielded(self._run(self._finish, keys, args))
         return SendResult.load(early) if early is not None else None
 
     async def peek(self, idem_key: str, digest: str) -> Begun:
@@ -305,7 +311,9 @@ class MessageStore:
             idem_key,
             app_key(app_id, "window", window_openid) if window_openid and window else "",
         ]
-        await asyncio.shield(self._run(self._release, keys, [digest, delivery_id, window]))
+        await self._background.shielded(
+            self._run(self._release, keys, [digest, delivery_id, window])
+        )
 
     async def trip_circuit(self, app_id: str, api: str, until_ms: int, now_ms: int) -> None:
         """Stop calling `api` for this app until `until_ms` (WeChat's daily quota is gone)."""

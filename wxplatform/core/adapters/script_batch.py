@@ -22,6 +22,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
+from wxplatform.background import Background
+
 __all__ = ["ScriptBatcher"]
 
 _Call = tuple[AsyncScript, list[Any], list[Any], "asyncio.Future[Any]"]
@@ -30,10 +32,10 @@ _Call = tuple[AsyncScript, list[Any], list[Any], "asyncio.Future[Any]"]
 class ScriptBatcher:
     """Runs `AsyncScript` calls, batching those of one loop turn into one pipeline."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, background: Background) -> None:
         self._client = client
+        self._background = background  # a batch outlives a caller who gives up
         self._queue: list[_Call] = []
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
         """`script(keys, args)`, possibly together with other calls; raises what it raises."""
@@ -46,9 +48,7 @@ class ScriptBatcher:
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._execute(batch))
-        self._tasks.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._tasks.discard)
+        self._background.start(self._execute(batch))
 
     async def _execute(self, batch: list[_Call]) -> None:
         try:

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from acme.wxplatform.v1 import messaging_service_pb2 as pb
+from wxplatform.background import Background
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.message_store import Begun, MessageStore, SendResult
@@ -83,8 +84,11 @@ class MessagingService:
         wechat: WeChatClient,
         tokens: TokenService,
         clock: Clock,
+        *,
+        background: Background,
     ) -> None:
         self._apps = apps
+        self._background = background
         self._store = store
         self._wechat = wechat
         self._tokens = tokens
@@ -266,7 +270,7 @@ class MessagingService:
         delivery.create_time.CopyFrom(_now_pb(now))
         # Shielded: once WeChat may have been called, the outcome must be recorded even
         # if the caller gives up, or a retry with the same key could send twice.
-        return await asyncio.shield(
+        return await self._background.shielded(
             self._deliver(
                 app,
                 outbound,
