@@ -12,7 +12,15 @@ import tornado.web
 
 from edge import metrics
 from edge.core_client import CoreClient
-from edge.handlers import CallbackDeps, CallbackHandler, HealthHandler, InFlight, MetricsHandler
+from edge.errors import NoRoute
+from edge.handlers import (
+    CallbackDeps,
+    CallbackHandler,
+    EdgeHandler,
+    HealthHandler,
+    InFlight,
+    MetricsHandler,
+)
 from edge.replayer import Replayer
 from edge.spool import Spool
 from wxplatform.clock import Clock, SystemClock
@@ -64,10 +72,11 @@ def message_cryptos(settings: Settings) -> dict[str, MessageCrypto]:
     }
 
 
-class _NotFound(HealthHandler):
-    def prepare(self) -> None:
-        super().prepare()
-        raise tornado.web.HTTPError(404)
+class _NotFound(EdgeHandler):
+    """Any path no route serves: 404, counted, its body never read."""
+
+    def route(self) -> None:
+        raise NoRoute("no_route", self.request.path[:64])
 
 
 @dataclass

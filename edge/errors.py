@@ -1,6 +1,8 @@
 """What the edge refuses, and the one table turning that into HTTP answers.
 
     EdgeRejection
+    ├── NoRoute              404  no handler for the path (its body is never read)
+    ├── MethodNotAllowed     405  a known path, a method its handler does not take
     ├── UnknownApp           404  the URL names no configured app
     ├── BadParameters        400  missing or repeated query parameters
     ├── SignatureMismatch    403  signature or msg_signature does not verify
@@ -23,6 +25,8 @@ __all__ = [
     "CoreUnavailable",
     "EdgeRejection",
     "LengthRequired",
+    "MethodNotAllowed",
+    "NoRoute",
     "PayloadTooLarge",
     "SignatureMismatch",
     "UnknownApp",
@@ -38,6 +42,18 @@ class EdgeRejection(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class NoRoute(EdgeRejection):
+    """No handler serves the path."""
+
+    status = 404
+
+
+class MethodNotAllowed(EdgeRejection):
+    """The path's handler does not take the request's method."""
+
+    status = 405
 
 
 class UnknownApp(EdgeRejection):

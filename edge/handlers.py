@@ -25,6 +25,7 @@ from edge.errors import (
     CoreUnavailable,
     EdgeRejection,
     LengthRequired,
+    MethodNotAllowed,
     PayloadTooLarge,
     SignatureMismatch,
     UnknownApp,
@@ -122,7 +123,14 @@ class EdgeHandler(tornado.web.RequestHandler):
         request_id.set(self.request_id)
         self.set_header(REQUEST_ID_HEADER, self.request_id)
         self.set_header("X-Content-Type-Options", "nosniff")
+        self.route()
         self._guard_body()
+
+    def route(self) -> None:
+        """Refuse what this handler does not serve, before the body guard: whatever the
+        request's body, it is never read. Here: a method the handler does not take."""
+        if self.request.method not in self._methods():
+            raise MethodNotAllowed("method_not_allowed", self.request.method or "")
 
     def _guard_body(self) -> None:
         headers = self.request.headers
@@ -175,6 +183,8 @@ class EdgeHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Every failure answers with a short text body: no detail, no stack trace."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, MethodNotAllowed):
+            self.set_header("Allow", ", ".join(self._methods()))
         if isinstance(exc, EdgeRejection):
             metrics.REJECTED.labels(exc.reason).inc()
             log.warning(
@@ -188,6 +198,15 @@ class EdgeHandler(tornado.web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"{status_code} {self._reason}\n")
+
+    def _methods(self) -> list[str]:
+        """The methods this handler takes."""
+        base = tornado.web.RequestHandler
+        return [
+            m
+            for m in self.SUPPORTED_METHODS
+            if getattr(type(self), m.lower(), None) is not getattr(base, m.lower(), None)
+        ]
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, EdgeRejection):

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as redis
+from prometheus_client import REGISTRY
 
 from edge.app import EdgeServer, start_edge
 from wxplatform.clock import Clock, SystemClock
@@ -193,7 +194,14 @@ __all__ = [
     "new_app_id",
     "running_simulator",
     "running_stack",
+    "sample",
 ]
+
+
+def sample(name: str, **labels: str) -> float:
+    """The current value of a metric of this process (0 before its first increment)."""
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
 
 
 def retry_delay(error: grpc.aio.AioRpcError) -> float | None:

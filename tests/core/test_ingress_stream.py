@@ -23,8 +23,8 @@ from tests.support import (
     make_settings,
     new_app_id,
     running_stack,
+    sample,
 )
-from wxplatform.core import metrics
 
 
 def delivery(number: int, app_id: str, text: str, msg_id: str) -> ingress.StreamedDelivery:
@@ -120,7 +120,7 @@ async def test_every_delivery_is_authorized_for_its_own_app(redis_client: redis.
 
 
 def refused(reason: str) -> float:
-    return float(metrics.INGRESS_REFUSED.labels(reason)._value.get())
+    return sample("wxp_core_ingress_refused_total", reason=reason)
 
 
 async def test_a_bad_delivery_fails_alone(redis_client: redis.Redis) -> None:

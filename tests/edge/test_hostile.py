@@ -31,9 +31,8 @@ from google.protobuf import json_format
 from tornado.httpclient import HTTPResponse
 
 from acme.wxplatform.v1.inbound_message_pb2 import InboundMessage
-from edge import metrics
 from tests.edge.signing import fetch, push_request, text_fields
-from tests.support import Stack, app_table, make_settings, new_app_id, running_stack
+from tests.support import Stack, app_table, make_settings, new_app_id, running_stack, sample
 from tests.support import app_by_prefix as app
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.redis_keys import app_key
@@ -149,13 +148,11 @@ def status_line(status: int) -> bytes:
 
 
 def rejected(reason: str) -> float:
-    value: float = metrics.REJECTED.labels(reason)._value.get()
-    return value
+    return sample("wxp_edge_rejected_total", reason=reason)
 
 
 def counted(app_label: str, method: str, status: int) -> float:
-    value: float = metrics.CALLBACKS.labels(app_label, method, str(status))._value.get()
-    return value
+    return sample("wxp_edge_callbacks_total", app_id=app_label, method=method, status=str(status))
 
 
 async def delivered(stack: Stack, redis_client: redis.Redis) -> int:
@@ -205,6 +202,7 @@ class RawResponse:
     status: int
     body: bytes
     seconds: float
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 async def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0) -> RawResponse:
@@ -235,7 +233,8 @@ async def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0) -> RawR
     seconds = time.perf_counter() - started
     head, _, body = received.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head else 0
-    return RawResponse(status, body, seconds)
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if line)
+    return RawResponse(status, body, seconds, headers)
 
 
 def raw_post(app: AppConfig, port: int, headers: dict[str, str]) -> bytes:
@@ -1071,36 +1070,48 @@ async def test_slow_body_is_cut_off(quick_stack: Stack, redis_client: redis.Redi
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "headers", "status"),
+    ("request_line", "headers", "status", "reason"),
     [
-        ("PUT", "/wx/{app}", {"Content-Length": "100"}, 413),
-        ("GET", "/wx/{app}", {"Content-Length": "100"}, 413),
-        ("POST", "/healthz", {"Content-Length": "100"}, 413),
-        ("POST", "/metrics", {"Content-Length": "100"}, 413),
-        ("POST", "/nowhere", {"Content-Length": "1000000000"}, 413),
-        ("POST", "/healthz", {"Transfer-Encoding": "chunked"}, 411),
-        ("GET", "/healthz", {"Content-Length": "\u00b2"}, 400),  # "²".isdigit() is True
-        ("POST", "/wx/{app}", {"Content-Length": "1\u00b9"}, 400),
+        ("PUT /wx/{app}", {"Content-Length": "100"}, 405, "method_not_allowed"),
+        ("GET /wx/{app}", {"Content-Length": "100"}, 413, "body_too_large"),
+        ("POST /healthz", {"Content-Length": "100"}, 405, "method_not_allowed"),
+        ("POST /metrics", {"Content-Length": "100"}, 405, "method_not_allowed"),
+        ("POST /nowhere", {"Content-Length": "1000000000"}, 404, "no_route"),
+        ("POST /pay/1230000109/notify", {"Content-Length": "500"}, 404, "no_route"),
+        ("POST /healthz", {"Transfer-Encoding": "chunked"}, 405, "method_not_allowed"),
+        ("GET /healthz", {"Transfer-Encoding": "chunked"}, 411, "length_required"),
+        # "²".isdigit() is True
+        ("GET /healthz", {"Content-Length": "\u00b2"}, 400, "bad_content_length"),
+        ("POST /wx/{app}", {"Content-Length": "1\u00b9"}, 400, "bad_content_length"),
     ],
 )
 async def test_no_handler_buffers_or_waits_for_a_body_it_does_not_take(
-    stack: Stack, method: str, path: str, headers: dict[str, str], status: int
+    stack: Stack, request_line: str, headers: dict[str, str], status: int, reason: str
 ) -> None:
     """Only pushes carry bodies: anywhere else a body is refused before it is read, so
-    neither a large one (memory) nor a slow one (slowloris) can be sent to the edge."""
+    neither a large one (memory) nor a slow one (slowloris) can be sent to the edge.
+
+    The body cap belongs to the routes that read bodies: a path no route serves is a
+    404 and a method its route does not take a 405, whatever the body. Each is counted.
+    """
     assert stack.edge is not None
-    target = path.format(app=app(stack, "wxplain").app_id)
+    line = request_line.format(app=app(stack, "wxplain").app_id)
     head = "\r\n".join(
         [
-            f"{method} {target} HTTP/1.1",
+            f"{line} HTTP/1.1",
             "Host: 127.0.0.1",
             *(f"{k}: {v}" for k, v in headers.items()),
         ]
     )
+    before = rejected(reason)
     # Only the head is sent: the answer must not wait for a body that never comes.
     # Latin-1, as Tornado decodes header bytes: "\u00b2" travels as the one byte 0xB2.
     response = await raw_exchange(stack.edge.port, (head + "\r\n\r\n").encode("latin-1"))
     assert response.status == status
+    assert response.body == status_line(status)
+    assert rejected(reason) == before + 1
+    if status == 405:
+        assert response.headers["Allow"] == ("GET, POST" if "/wx/" in line else "GET")
 
 
 # --- accepted: unknown types, retries; refused: replays -----------------------------

@@ -13,7 +13,6 @@ import redis.asyncio as redis
 from tornado.httpclient import AsyncHTTPClient
 
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
-from edge import metrics
 from edge.core_client import CoreClient
 from edge.replayer import Replayer
 from edge.spool import Spool, SpoolConflict, SpoolUnavailable
@@ -24,6 +23,7 @@ from tests.support import (
     make_settings,
     new_app_id,
     running_stack,
+    sample,
 )
 from wxplatform.clock import SystemClock
 from wxplatform.config import Secret
@@ -45,6 +45,10 @@ async def wait_for(predicate: object, timeout: float = 20) -> None:
     raise AssertionError("condition not met in time")
 
 
+def replays_refused() -> float:
+    return sample("wxp_edge_rejected_total", reason="replayed_request")
+
+
 async def test_core_down_spools_then_replays_each_once(redis_client: redis.Redis) -> None:
     settings = make_settings(app_table(new_app_id()))
     (app,) = settings.apps.values()
@@ -53,7 +57,7 @@ async def test_core_down_spools_then_replays_each_once(redis_client: redis.Redis
         assert stack.edge is not None
         port = stack.core.port
         await stack.core.stop()
-        spooled_before = metrics.SPOOLED._value.get()
+        spooled_before = sample("wxp_edge_spooled_total")
         pushes = [
             push_request(stack.edge_url, app, text_fields("hello", msg_id=str(7000 + n)))
             for n in range(3)
@@ -62,12 +66,12 @@ async def test_core_down_spools_then_replays_each_once(redis_client: redis.Redis
         pushes.append(pushes[0])
         for url, body in pushes:
             assert await post(url, body) == (200, b"success")
-        assert metrics.SPOOLED._value.get() - spooled_before == 4
+        assert sample("wxp_edge_spooled_total") - spooled_before == 4
         assert await stack.edge.deps.spool.depth() == 4
         assert await redis_client.xlen(events) == 0
 
         async def gauge_shows(depth: int) -> bool:  # read off the push path, within seconds
-            return bool(metrics.SPOOL_DEPTH._value.get() == depth)
+            return bool(sample("wxp_edge_spool_depth") == depth)
 
         await wait_for(lambda: gauge_shows(4))
 
@@ -92,7 +96,7 @@ async def test_full_spool_leaves_the_push_unacknowledged(redis_client: redis.Red
     # The smallest spool SQLite allows here (16 pages); config validation would refuse it.
     async with running_stack(settings, redis_client, with_edge=True, spool_max_bytes=1) as stack:
         await stack.core.stop()
-        failures_before = metrics.SPOOL_FAILURES._value.get()
+        failures_before = sample("wxp_edge_spool_write_failures_total")
         statuses = []
         for n in range(200):
             fields = text_fields("x" * 2000, msg_id=str(9000 + n))
@@ -101,7 +105,7 @@ async def test_full_spool_leaves_the_push_unacknowledged(redis_client: redis.Red
                 break
         assert statuses[0] == 200
         assert statuses[-1] == 503, "a full spool must not acknowledge"
-        assert metrics.SPOOL_FAILURES._value.get() > failures_before
+        assert sample("wxp_edge_spool_write_failures_total") > failures_before
 
 
 async def test_workers_sharing_a_spool_never_claim_the_same_entry(tmp_path: Path) -> None:
@@ -186,9 +190,11 @@ async def test_a_replay_of_a_spooled_push_with_another_body_is_refused(
             settings, redis_client, listen=f"127.0.0.1:{port}", serve_metrics=False
         )
         try:
-            refused_before = metrics.REJECTED.labels("replayed_request")._value.get()
+            refused_before = sample("wxp_edge_rejected_total", reason="replayed_request")
             assert (await post(url, forged))[0] == 403
-            assert metrics.REJECTED.labels("replayed_request")._value.get() == refused_before + 1
+            assert (
+                sample("wxp_edge_rejected_total", reason="replayed_request") == refused_before + 1
+            )
             assert await post(url, genuine) == (200, b"success")  # WeChat's retry is fine
 
             async def drained() -> bool:
