@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from wxplatform_client import from_rpc_error
 
 from acme.wxplatform.v1 import (
     error_reason_pb2,
@@ -60,13 +60,7 @@ Response = ingress_service_pb2.DeliverMessageResponse
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
     """The `ErrorInfo.reason` of a failed unary call, if core sent one."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return str(info.reason)
-    return ""
+    return from_rpc_error(error).reason
 
 
 def _check_budget(timeout: float) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import redis.asyncio as redis
 from prometheus_client import REGISTRY
+from wxplatform_client import from_rpc_error
 
 from edge.app import EdgeServer, start_edge
 from wxplatform.clock import Clock, SystemClock
@@ -206,27 +207,12 @@ def sample(name: str, **labels: str) -> float:
 
 def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
     """The `google.rpc.RetryInfo` delay (seconds) a failed call carries, if any."""
-    from google.rpc import error_details_pb2, status_pb2
-
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.RetryInfo()
-                if detail.Unpack(info):
-                    return float(info.retry_delay.ToTimedelta().total_seconds())
-    return None
+    return from_rpc_error(error).retry_delay
 
 
 def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
     """The `google.rpc.ErrorInfo` (reason, metadata) carried by a failed call."""
-    from google.rpc import error_details_pb2, status_pb2
-
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    assert info.domain == "wxplatform"
-                    return info.reason, dict(info.metadata)
-    raise AssertionError("no ErrorInfo in the status details")
+    typed = from_rpc_error(error)
+    assert typed.reason, "no ErrorInfo in the status details"
+    assert typed.domain == "wxplatform"
+    return typed.reason, typed.metadata

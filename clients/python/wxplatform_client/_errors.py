@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 __all__ = [
     "Aborted",
@@ -53,6 +54,7 @@ class WxPlatformError(Exception):
         message: str,
         *,
         reason: str = "",
+        domain: str = "",
         metadata: dict[str, str] | None = None,
         violations: list[tuple[str, str]] | None = None,
         retry_delay: float | None = None,
@@ -61,6 +63,7 @@ class WxPlatformError(Exception):
         self.code = code
         self.message = message
         self.reason = reason
+        self.domain = domain  # of the ErrorInfo: "wxplatform" when wxplatform refused
         self.metadata = metadata or {}
         self.violations = violations or []
         self.retry_delay = retry_delay
@@ -133,10 +136,11 @@ _BY_CODE: dict[grpc.StatusCode, type[WxPlatformError]] = {
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> WxPlatformError:
     """The typed exception for a failed call, with the details the server attached."""
-    details: dict[str, Any] = {}
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            details = _unpack(status_pb2.Status.FromString(value))
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # details that contradict the call's own status: not trusted
+        status = None
+    details = _unpack(status) if status is not None else {}
     cls = _BY_CODE.get(error.code(), Internal)
     return cls(error.code(), error.details() or "", **details)
 
@@ -149,6 +153,7 @@ def _unpack(status: status_pb2.Status) -> dict[str, Any]:
         retry = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
             out["reason"] = info.reason
+            out["domain"] = info.domain
             out["metadata"] = dict(info.metadata)
         elif detail.Unpack(bad):
             out["violations"] = [(v.field, v.description) for v in bad.field_violations]
