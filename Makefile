@@ -16,7 +16,7 @@ help:
 	@echo "make run     start redis + WeChat simulator + core + edge (dev config in .wxplatform/)"
 	@echo "make test    run the test suite"
 	@echo "make test-busy [TESTS=...] [COUNT=K]  the suite (or TESTS) K times beside a busy loop per CPU"
-	@echo "make check   format check, lint, types, buf lint, proto drift, layering"
+	@echo "make check   format check, lint, types, buf lint, proto and config-table drift, layering"
 	@echo "make fmt     format the code"
 	@echo "make proto   regenerate clients/python from protos/"
 	@echo "make bench   run the benchmarks (figures in docs/performance.md)"
@@ -56,6 +56,7 @@ check: $(STAMP) node_modules/.installed
 	$(BIN)/mypy
 	cd protos && ../$(BUF) lint
 	$(PY) tools/gen_protos.py --check
+	$(PY) tools/config_table.py --check
 	$(BIN)/lint-imports
 
 fmt: $(STAMP)

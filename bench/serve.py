@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
@@ -205,12 +205,12 @@ async def _edge_worker(
 def _pointed_at_core(settings: Settings, spec: BenchSpec, core_port: int) -> Settings:
     from wxplatform.config import Secret
 
-    edge = dataclasses.replace(
+    edge = msgspec.structs.replace(
         settings.edge,
         core_target=f"127.0.0.1:{core_port}",
         core_credential=Secret(spec.edge_credential),
     )
-    return dataclasses.replace(settings, edge=edge)
+    return msgspec.structs.replace(settings, edge=edge)
 
 
 def _watch_for_stop(stop: asyncio.Event, max_seconds: float) -> None:

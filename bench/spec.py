@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from wxplatform.config import AppConfig, EdgeConfig, Settings, hash_credential, parse_settings
+from wxplatform.config import AppConfig, Settings, hash_credential, parse_settings
 
 __all__ = ["KEYWORD", "MODES", "REPLY", "BenchSpec", "Mode", "new_spec"]
 
@@ -66,9 +66,8 @@ class BenchSpec:
     def settings(self, workdir: Path | None = None) -> Settings:
         """Validated settings; files the edge may write (its spool) go under `workdir`."""
         config = json.loads(json.dumps(self.config))  # a deep copy
-        edge_fields = {f.name for f in dataclasses.fields(EdgeConfig)}
-        if workdir is not None and "spool_path" in edge_fields:
-            # The edge is gaining an on-disk spool; keep it out of the work tree.
+        if workdir is not None:
+            # Keep the edge's on-disk spool out of the work tree.
             config.setdefault("edge", {})["spool_path"] = str(workdir / "edge-spool.sqlite3")
         return parse_settings(config, source="<bench>")
 

@@ -11,12 +11,13 @@ import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import redis.asyncio as redis
+from msgspec.structs import replace
 from prometheus_client import REGISTRY
 from wxplatform_client import from_rpc_error
 

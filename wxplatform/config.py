@@ -1,28 +1,39 @@
-"""Settings: one TOML file, validated eagerly into frozen dataclasses.
+"""Settings: one TOML file, decoded and validated eagerly into frozen msgspec Structs.
 
 The file path comes from `--config` or `WXP_CONFIG`; `load_settings` takes the
-environment as a mapping so nothing else in the code reads `os.environ`. Every problem is
-reported as a `ConfigError` that names the offending key (`apps[1].encryption`). Secrets
-are wrapped in `Secret`, which never shows its value in `repr`, `str` or logs.
+environment as a mapping so nothing else in the code reads `os.environ`.
+
+The Structs below are the schema: each key is written once, with its type, bounds,
+default and description (`tools/config_table.py` renders the README's table from them).
+msgspec does the decoding and the per-key checks; `__post_init__` hooks do what spans
+keys. Every problem becomes a `ConfigError` naming the offending key
+(`apps[1].encryption`) with a message derived from the schema, never from the value, so a
+secret cannot leak through an error. Secrets are held as `Secret`, which never shows its
+value in `repr`, `str` or logs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
+import typing
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import msgspec
+from msgspec import Meta, field
 
 from wxplatform.wechat.crypto import CryptoError, aes_key_from_encoding_key
 
 __all__ = [
     "AppConfig",
+    "AppKind",
+    "Article",
     "CallerConfig",
     "ConfigError",
+    "ConfigFile",
     "CoreConfig",
     "DevConfig",
     "EdgeConfig",
@@ -33,6 +44,8 @@ __all__ = [
     "Secret",
     "Settings",
     "WeChatConfig",
+    "annotation_at",
+    "expectation",
     "hash_credential",
     "load_settings",
     "parse_settings",
@@ -45,12 +58,10 @@ DataFormat = Literal["xml", "json"]
 MatchKind = Literal["exact", "contains", "regex"]
 TokenMode = Literal["stable", "classic"]
 ReplyType = Literal["text", "image", "voice", "video", "music", "news", "transfer_customer_service"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
-_APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 _TOKEN = re.compile(r"[A-Za-z0-9]{3,32}")
-_CALLER = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_RPC = re.compile(r"\*|[A-Za-z]+Service/(\*|[A-Za-z0-9]+)")
 
 
 class ConfigError(ValueError):
@@ -62,15 +73,32 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
+class _Problem(ValueError):
+    """Raised inside decoding; `field` is relative to the Struct being checked."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
+        self.problem = problem
+
+
 class Secret:
     """A configuration value that must never be printed."""
 
-    _value: str = field(repr=False)
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
 
     def reveal(self) -> str:
         """The secret itself, for the one place that needs it."""
         return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
     def __repr__(self) -> str:
         return "Secret('********')"
@@ -83,30 +111,249 @@ def hash_credential(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class ReplySpec:
-    """A passive reply as configured (mirrors `acme.wxplatform.v1.PassiveReply`)."""
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` → (host, port); raises ValueError when malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)
 
-    type: ReplyType
-    content: str = ""
-    media_id: str = ""
+
+Address = Annotated[str, Meta(pattern=f"^.+:{_PORT}$", extra={"problem": "must be host:port"})]
+
+
+class _Schema(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Base of every config table: immutable, and an unknown key is an error."""
+
+
+class CoreConfig(_Schema, frozen=True):
+    """`[core]`."""
+
+    listen: Annotated[Address, Meta(description="gRPC address of core")] = "127.0.0.1:50051"
+    metrics_listen: Annotated[Address, Meta(description="Prometheus `/metrics` of core")] = (
+        "127.0.0.1:9464"
+    )
+    drain_seconds: Annotated[
+        float,
+        Meta(
+            gt=0, description="on SIGTERM: health goes NOT_SERVING, in-flight calls get this long"
+        ),
+    ] = 10.0
+    # Longer than WeChat's retry window (~15 s) and than the edge spool's replay horizon.
+    dedup_ttl_seconds: Annotated[
+        int,
+        Meta(
+            ge=60,
+            le=30 * 86400,
+            description="how long a message's identity and reply are remembered",
+        ),
+    ] = 24 * 3600
+    event_retention: Annotated[
+        int, Meta(ge=100, le=10**8, description="events kept per app stream (approximate trim)")
+    ] = 100_000
+    max_deliveries: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1000,
+            description="deliveries to one consumer group before the dead-letter stream",
+        ),
+    ] = 5
+    idempotency_ttl_seconds: Annotated[
+        int,
+        Meta(
+            ge=60,
+            le=30 * 86400,
+            description="one WeChat call per idempotency key within this horizon",
+        ),
+    ] = 24 * 3600
+    delivery_ttl_seconds: Annotated[
+        int, Meta(ge=3600, le=365 * 86400, description="how long delivery records are kept")
+    ] = 30 * 86400
+
+    def __post_init__(self) -> None:
+        if self.idempotency_ttl_seconds > self.delivery_ttl_seconds:
+            # A retry after the record expired would find the key done but no outcome.
+            raise _Problem("idempotency_ttl_seconds", "must not exceed core.delivery_ttl_seconds")
+
+
+class EdgeConfig(_Schema, frozen=True):
+    """`[edge]`."""
+
+    listen: Annotated[Address, Meta(description="HTTP address of the edge")] = "127.0.0.1:8080"
+    core_target: Annotated[Address, Meta(description="where the edge finds core")] = (
+        "127.0.0.1:50051"
+    )
+    core_credential: Annotated[
+        Secret | None, Meta(description="the edge's caller credential for core")
+    ] = None
+    # Below a second nothing reaches core in time and every push is spooled (the edge
+    # keeps some of the budget to write the spool).
+    budget_seconds: Annotated[
+        float,
+        Meta(
+            ge=1,
+            lt=5,
+            description="total time per push (1 s up to WeChat's 5 s); core gets what is left",
+            extra={"problem": "must be at least 1 and below WeChat's 5 s deadline"},
+        ),
+    ] = 4.0
+    max_body_bytes: Annotated[
+        int,
+        Meta(ge=1024, le=16 * 1024 * 1024, description="push bodies above this are refused (413)"),
+    ] = 64 * 1024
+    timestamp_window_seconds: Annotated[
+        int,
+        Meta(
+            ge=30, le=86400, description="pushes whose `timestamp` is further from now are refused"
+        ),
+    ] = 300
+    spool_path: Annotated[str, Meta(description="durable spool used while core is unreachable")] = (
+        ".wxplatform/edge-spool.sqlite3"
+    )
+    spool_max_bytes: Annotated[
+        int,
+        Meta(
+            ge=1024 * 1024,
+            le=1024**4,
+            description="spool size cap; when full, pushes are left to WeChat's retry",
+        ),
+    ] = 256 * 1024 * 1024
+    spool_max_age_seconds: Annotated[
+        int,
+        Meta(
+            ge=60,
+            le=7 * 86400,
+            description="replay horizon (must be below `core.dedup_ttl_seconds`)",
+        ),
+    ] = 12 * 3600
+    # One Python process runs on one CPU at a time: one worker per CPU the edge may use.
+    processes: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=64,
+            description="worker processes of `wxplatform edge` sharing `listen` (SO_REUSEPORT)",
+        ),
+    ] = 1
+
+    def __post_init__(self) -> None:
+        if self.processes > 1 and split_address(self.listen)[1] == 0:
+            # Workers share one port; port 0 would give each its own.
+            raise _Problem("processes", "needs a fixed port in edge.listen")
+
+
+class RedisConfig(_Schema, frozen=True):
+    """`[redis]`; no url means an embedded redis-server (dev only)."""
+
+    url: Annotated[
+        Secret | None,
+        Meta(description="`redis://…`; absent means an embedded Redis (`wxplatform dev` only)"),
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.url is None:
+            return
+        url = self.url.reveal()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise _Problem("url", "must be a redis://, rediss:// or unix:// URL")
+        if not url.startswith("unix://"):
+            try:
+                urllib.parse.urlsplit(url).port  # noqa: B018 - parsing is the check
+            except ValueError:
+                raise _Problem("url", "has an invalid port") from None
+
+
+class WeChatConfig(_Schema, frozen=True):
+    """`[wechat]`."""
+
+    api_base: Annotated[str, Meta(description="WeChat's API (the simulator in dev)")] = (
+        "https://api.weixin.qq.com"
+    )
+
+    def __post_init__(self) -> None:
+        if not self.api_base.startswith(("http://", "https://")):
+            raise _Problem("api_base", "must be an http(s) URL")
+        msgspec.structs.force_setattr(self, "api_base", self.api_base.rstrip("/"))
+
+
+class DevConfig(_Schema, frozen=True):
+    """`[dev]`: used only by `wxplatform dev` and `wxplatform sim`."""
+
+    sim_listen: Annotated[
+        Address, Meta(description="where `wxplatform dev` runs the WeChat simulator")
+    ] = "127.0.0.1:8081"
+    demo_credential: Annotated[
+        Secret | None, Meta(description="the demo caller's credential in `wxplatform dev`")
+    ] = None
+
+
+class Article(_Schema, frozen=True):
+    """The one article of a `news` reply."""
+
     title: str = ""
     description: str = ""
-    music_url: str = ""
-    hq_music_url: str = ""
-    thumb_media_id: str = ""
-    articles: tuple[Mapping[str, str], ...] = ()
-    kf_account: str = ""
+    pic_url: str = ""
+    url: str = ""
 
 
-@dataclass(frozen=True)
-class ReplyRule:
+_REPLY_FIELDS: dict[str, tuple[str, ...]] = {
+    # type: the fields it requires; the other fields of ReplySpec are optional or unused
+    "text": ("content",),
+    "image": ("media_id",),
+    "voice": ("media_id",),
+    "video": ("media_id",),
+    "music": ("thumb_media_id",),
+    "news": (),
+    "transfer_customer_service": (),
+}
+
+
+class ReplySpec(_Schema, frozen=True, kw_only=True):
+    """A passive reply as configured (mirrors `acme.wxplatform.v1.PassiveReply`)."""
+
+    type: Annotated[
+        ReplyType, Meta(description="what kind of reply; the fields below as the type needs them")
+    ]
+    content: Annotated[str, Meta(description="`text`: the text")] = ""
+    media_id: Annotated[
+        str, Meta(description="`image`, `voice`, `video`: an uploaded media id")
+    ] = ""
+    title: Annotated[str, Meta(description="`video`, `music`: title")] = ""
+    description: Annotated[str, Meta(description="`video`, `music`: description")] = ""
+    music_url: Annotated[str, Meta(description="`music`: the music's URL")] = ""
+    hq_music_url: Annotated[str, Meta(description="`music`: its high-quality URL")] = ""
+    thumb_media_id: Annotated[str, Meta(description="`music`: the thumbnail's media id")] = ""
+    articles: Annotated[
+        tuple[Article, ...],
+        Meta(description="`news`: exactly one table of `title`, `description`, `pic_url`, `url`"),
+    ] = ()
+    kf_account: Annotated[
+        str, Meta(description="`transfer_customer_service`: the agent to hand over to")
+    ] = ""
+
+    def __post_init__(self) -> None:
+        for name in _REPLY_FIELDS[self.type]:
+            if not getattr(self, name):
+                raise _Problem(name, f"is required for a {self.type} reply")
+        if self.type == "news" and len(self.articles) != 1:
+            # WeChat rejects more than one article in practice (45008, docs/wechat.md §4.1).
+            raise _Problem("articles", "must hold exactly one article")
+
+
+class ReplyRule(_Schema, frozen=True, kw_only=True):
     """Keyword rule: text messages matching `keyword` get `reply`."""
 
-    match: MatchKind
-    keyword: str
-    reply: ReplySpec
-    pattern: re.Pattern[str] | None = field(default=None, compare=False)
+    match: Annotated[MatchKind, Meta(description="`exact`, `contains` or `regex`")] = "exact"
+    keyword: Annotated[str, Meta(min_length=1, description="what a text message is matched on")]
+    reply: Annotated[ReplySpec, Meta(description="the reply a match gets")]
+
+    def __post_init__(self) -> None:
+        if self.match == "regex":
+            try:
+                re.compile(self.keyword)
+            except re.error as exc:
+                raise _Problem("keyword", f"invalid regex: {exc}") from None
 
     def matches(self, text: str) -> bool:
         """Whether a text message's content triggers this rule."""
@@ -114,41 +361,105 @@ class ReplyRule:
             return text.strip() == self.keyword
         if self.match == "contains":
             return self.keyword in text
-        assert self.pattern is not None
-        return self.pattern.search(text) is not None
+        return re.search(self.keyword, text) is not None  # compiled once, in re's cache
 
 
-@dataclass(frozen=True)
-class AppConfig:
-    """One WeChat app (official account or mini program)."""
+class AppConfig(_Schema, frozen=True, kw_only=True):
+    """`[[apps]]`: one WeChat app (official account or mini program)."""
 
-    app_id: str
-    kind: AppKind
-    encryption: Encryption
-    data_format: DataFormat
-    app_secret: Secret
-    token: Secret
-    encoding_aes_key: Secret | None
-    previous_encoding_aes_key: Secret | None
-    rules: tuple[ReplyRule, ...] = ()
-    default_reply: ReplySpec | None = None
-    subscribe_reply: ReplySpec | None = None
-    # `stable` uses /cgi-bin/stable_token (normal mode; force only to replace a rejected
-    # token); `classic` uses /cgi-bin/token, which invalidates the previous token.
-    token_mode: TokenMode = "stable"  # noqa: S105 - a mode name, not a secret
-    send_rate_per_second: int = 100  # wxplatform's own limit on this app's sends
+    app_id: Annotated[
+        str,
+        Meta(
+            pattern=r"^[A-Za-z0-9_-]{1,64}$",
+            description="the app (URL path `/wx/{app_id}`, Redis hash tag)",
+            extra={"problem": "must be 1-64 characters of [A-Za-z0-9_-]"},
+        ),
+    ]
+    kind: Annotated[AppKind, Meta(description="`official_account` or `mini_program`")]
+    encryption: Annotated[Encryption, Meta(description="`plaintext`, `compatible` or `safe`")] = (
+        "plaintext"
+    )
+    data_format: Annotated[
+        DataFormat,
+        Meta(description="`xml` or `json` (mini programs; passive reply rules need `xml`)"),
+    ] = "xml"
+    app_secret: Annotated[Secret, Meta(description="AppSecret, from the WeChat admin console")]
+    token: Annotated[
+        Secret,
+        Meta(description="the callback Token, from the WeChat admin console (3-32 of [A-Za-z0-9])"),
+    ]
+    encoding_aes_key: Annotated[
+        Secret | None, Meta(description="EncodingAESKey, 43 characters; required unless plaintext")
+    ] = None
+    previous_encoding_aes_key: Annotated[
+        Secret | None, Meta(description="kept after a key rotation")
+    ] = None
+    # `stable` uses /cgi-bin/stable_token (force only to replace a rejected token);
+    # `classic` uses /cgi-bin/token, which invalidates the previous token.
+    token_mode: Annotated[
+        TokenMode,
+        Meta(description="`stable` (`/cgi-bin/stable_token`) or `classic` (`/cgi-bin/token`)"),
+    ] = "stable"  # noqa: S105 - a mode name, not a secret
+    send_rate_per_second: Annotated[
+        int, Meta(ge=1, le=100_000, description="wxplatform's own limit on the app's sends")
+    ] = 100
+
+    rules: Annotated[
+        tuple[ReplyRule, ...],
+        Meta(description="keyword rules for text messages; the first match replies"),
+    ] = field(default=(), name="auto_reply")
+    default_reply: Annotated[
+        ReplySpec | None, Meta(description="reply to any user message no rule matched")
+    ] = None
+    subscribe_reply: Annotated[ReplySpec | None, Meta(description="reply to a follow")] = None
+
+    def __post_init__(self) -> None:
+        if not self.app_secret.reveal():
+            raise _Problem("app_secret", "must not be empty")
+        if not _TOKEN.fullmatch(self.token.reveal()):
+            raise _Problem("token", "must be 3-32 characters of [A-Za-z0-9]")
+        for name in ("encoding_aes_key", "previous_encoding_aes_key"):
+            key: Secret | None = getattr(self, name)
+            if key is not None:
+                try:
+                    aes_key_from_encoding_key(key.reveal())
+                except CryptoError as exc:
+                    raise _Problem(name, exc.detail) from None
+        if self.encryption != "plaintext" and self.encoding_aes_key is None:
+            raise _Problem("encoding_aes_key", f"is required for {self.encryption} mode")
+        replies = self.rules or self.default_reply or self.subscribe_reply
+        if self.kind == "mini_program" and replies:
+            # Mini programs have no passive replies (docs/wechat.md §4.1): use customer service.
+            raise _Problem("auto_reply", "mini programs have no passive replies")
+        if self.data_format == "json" and replies:
+            # WeChat documents passive replies as XML only; a JSON reply would be dropped.
+            raise _Problem("auto_reply", 'passive replies need data_format = "xml"')
 
 
-@dataclass(frozen=True)
-class Grant:
-    """Permission for a caller to call some RPCs for some apps.
+_RPC = r"^(\*|[A-Za-z]+Service/(\*|[A-Za-z0-9]+))$"
+
+
+class Grant(_Schema, frozen=True, kw_only=True):
+    """`[[callers.allow]]`: permission for a caller to call some RPCs for some apps.
 
     `apps` holds app ids or `*`; `rpcs` holds `Service/Method`, `Service/*` or `*`
     (service names without the package).
     """
 
-    apps: frozenset[str]
-    rpcs: frozenset[str]
+    apps: Annotated[tuple[str, ...], Meta(min_length=1, description="app ids, or `*`")]
+    rpcs: Annotated[
+        tuple[
+            Annotated[
+                str, Meta(pattern=_RPC, extra={"problem": "must be *, Service/* or Service/Method"})
+            ],
+            ...,
+        ],
+        Meta(
+            min_length=1,
+            description="`Service/Method`, `Service/*` or `*` (`TokenService/InvalidateAccessToken`"
+            " answers with the current token, so it needs `GetAccessToken` too)",
+        ),
+    ]
 
     def allows(self, app_id: str, service: str, method: str) -> bool:
         """Whether this grant covers `method` of `service` for `app_id`."""
@@ -157,75 +468,88 @@ class Grant:
 
     def names(self, service: str, method: str) -> bool:
         """Whether this grant covers `method` of `service` for some app."""
-        return bool({"*", f"{service}/*", f"{service}/{method}"} & self.rpcs)
+        rpcs = self.rpcs
+        return "*" in rpcs or f"{service}/*" in rpcs or f"{service}/{method}" in rpcs
 
 
-@dataclass(frozen=True)
-class CallerConfig:
-    """An internal caller of core's gRPC API, known by the hash of its credential."""
+class CallerConfig(_Schema, frozen=True, kw_only=True):
+    """`[[callers]]`: an internal caller of core's gRPC API, known by its credential's hash."""
 
-    name: str
-    token_sha256: str = field(repr=False)
-    grants: tuple[Grant, ...]
+    name: Annotated[
+        str,
+        Meta(
+            pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+            description="the caller, as logs and metrics name it",
+            extra={"problem": "must be 1-64 characters of [a-z0-9_.-]"},
+        ),
+    ]
+    token_sha256: Annotated[
+        str,
+        Meta(
+            pattern=r"^[0-9a-fA-F]{64}$",
+            description="SHA-256 hex of its credential",
+            extra={"problem": "must be 64 hex characters (sha256 of the token)"},
+        ),
+    ]
+    grants: Annotated[
+        tuple[Grant, ...], Meta(description="what it may call; everything not granted is denied")
+    ] = field(default=(), name="allow")
 
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "token_sha256", self.token_sha256.lower())
+        if self.token_sha256 == hash_credential(""):
+            raise _Problem("token_sha256", "is the hash of an empty credential")
 
-@dataclass(frozen=True)
-class CoreConfig:
-    """`[core]`."""
-
-    listen: str = "127.0.0.1:50051"
-    metrics_listen: str = "127.0.0.1:9464"
-    drain_seconds: float = 10.0
-    # Longer than WeChat's retry window (~15 s) and than the edge spool's replay horizon.
-    dedup_ttl_seconds: int = 24 * 3600
-    event_retention: int = 100_000  # events kept per app stream (approximate trim)
-    max_deliveries: int = 5  # to one consumer group, then the dead-letter stream
-    idempotency_ttl_seconds: int = 24 * 3600  # one WeChat call per key within this horizon
-    delivery_ttl_seconds: int = 30 * 86400  # delivery records kept this long
-
-
-@dataclass(frozen=True)
-class EdgeConfig:
-    """`[edge]`."""
-
-    listen: str = "127.0.0.1:8080"
-    core_target: str = "127.0.0.1:50051"
-    core_credential: Secret | None = None
-    budget_seconds: float = 4.0
-    max_body_bytes: int = 64 * 1024
-    timestamp_window_seconds: int = 300
-    spool_path: str = ".wxplatform/edge-spool.sqlite3"
-    spool_max_bytes: int = 256 * 1024 * 1024
-    spool_max_age_seconds: int = 12 * 3600  # replay horizon: older entries are dropped
-    # Worker processes of `wxplatform edge` sharing `listen` (SO_REUSEPORT): one per
-    # CPU the edge may use, since one Python process runs on one CPU at a time.
-    processes: int = 1
+    def __repr__(self) -> str:
+        return f"CallerConfig(name={self.name!r}, grants={self.grants!r})"
 
 
-@dataclass(frozen=True)
-class RedisConfig:
-    """`[redis]`; no url means an embedded redis-server (dev only)."""
+class ConfigFile(_Schema, frozen=True):
+    """The whole TOML document, as decoded; `Settings` is what the code uses."""
 
-    url: Secret | None = None
+    log_level: Annotated[
+        LogLevel, Meta(description="`DEBUG`, `INFO`, `WARNING`, `ERROR`; JSON lines on stderr")
+    ] = "INFO"
+    core: CoreConfig = field(default_factory=CoreConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    wechat: WeChatConfig = field(default_factory=WeChatConfig)
+    dev: DevConfig = field(default_factory=DevConfig)
+    apps: Annotated[
+        tuple[AppConfig, ...], Meta(description="the WeChat apps this deployment serves")
+    ] = ()
+    callers: Annotated[
+        tuple[CallerConfig, ...], Meta(description="internal callers of core's gRPC API")
+    ] = ()
+
+    def __post_init__(self) -> None:
+        if self.edge.spool_max_age_seconds >= self.core.dedup_ttl_seconds:
+            # A replay older than the dedup records could be processed a second time.
+            raise _Problem(
+                "edge.spool_max_age_seconds", "must be shorter than core.dedup_ttl_seconds"
+            )
+        app_ids: set[str] = set()
+        for i, app in enumerate(self.apps):
+            if app.app_id in app_ids:
+                raise _Problem(f"apps[{i}].app_id", f"duplicate app {app.app_id!r}")
+            app_ids.add(app.app_id)
+        names: set[str] = set()
+        digests: set[str] = set()
+        for i, caller in enumerate(self.callers):
+            if caller.name in names:
+                raise _Problem(f"callers[{i}].name", f"duplicate caller {caller.name!r}")
+            if caller.token_sha256 in digests:
+                raise _Problem(f"callers[{i}].token_sha256", "two callers share one credential")
+            names.add(caller.name)
+            digests.add(caller.token_sha256)
+            for g, grant in enumerate(caller.grants):
+                for a, app_id in enumerate(grant.apps):
+                    if app_id != "*" and app_id not in app_ids:
+                        key = f"callers[{i}].allow[{g}].apps[{a}]"
+                        raise _Problem(key, f"unknown app {app_id!r}")
 
 
-@dataclass(frozen=True)
-class WeChatConfig:
-    """`[wechat]`."""
-
-    api_base: str = "https://api.weixin.qq.com"
-
-
-@dataclass(frozen=True)
-class DevConfig:
-    """`[dev]`: used only by `wxplatform dev` and `wxplatform sim`."""
-
-    sim_listen: str = "127.0.0.1:8081"
-    demo_credential: Secret | None = None
-
-
-@dataclass(frozen=True)
-class Settings:
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a wxplatform process is configured with."""
 
     core: CoreConfig
@@ -235,7 +559,7 @@ class Settings:
     apps: Mapping[str, AppConfig]
     callers: tuple[CallerConfig, ...]
     dev: DevConfig = field(default_factory=DevConfig)
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     source: str = "<memory>"
 
 
@@ -246,370 +570,136 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str]) -> Settin
         raise ConfigError("--config", "no config file given (use --config or WXP_CONFIG)")
     file = Path(chosen)
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("--config", f"cannot read {file}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise ConfigError("--config", f"{file} is not valid TOML: {exc}") from exc
-    return parse_settings(data, source=str(file))
-
-
-T = TypeVar("T")
-
-
-class _Table:
-    """Typed, path-aware access to one TOML table; rejects keys nobody read."""
-
-    def __init__(self, data: Mapping[str, Any], path: str) -> None:
-        self.data = data
-        self.path = path
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def get(
-        self, name: str, kind: type[T], default: T | None = None, *, required: bool = False
-    ) -> T:
-        self.seen.add(name)
-        if name not in self.data:
-            if required or default is None:
-                raise ConfigError(self.key(name), "is required")
-            return default
-        value = self.data[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(self.key(name), f"must be a {kind.__name__}")
-        return value
-
-    def optional_str(self, name: str) -> str | None:
-        self.seen.add(name)
-        if name not in self.data:
-            return None
-        return self.get(name, str)
-
-    def choice(self, name: str, options: tuple[str, ...], default: str | None = None) -> str:
-        value = self.get(name, str, default)
-        if value not in options:
-            raise ConfigError(self.key(name), f"must be one of {', '.join(options)}")
-        return value
-
-    def table(self, name: str) -> _Table:
-        self.seen.add(name)
-        value = self.data.get(name, {})
-        if not isinstance(value, dict):
-            raise ConfigError(self.key(name), "must be a table")
-        return _Table(value, self.key(name))
-
-    def tables(self, name: str) -> list[_Table]:
-        self.seen.add(name)
-        value = self.data.get(name, [])
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise ConfigError(self.key(name), "must be an array of tables")
-        return [_Table(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        self.seen.add(name)
-        value = self.data.get(name)
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise ConfigError(self.key(name), "must be a non-empty array of strings")
-        return tuple(value)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise ConfigError(self.key(unknown[0]), "unknown key")
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """`host:port` → (host, port); raises ValueError when malformed."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{address!r} is not host:port")
-    return host, int(port)
-
-
-def _address(table: _Table, name: str, default: str) -> str:
-    value = table.get(name, str, default)
     try:
-        split_address(value)
-    except ValueError:
-        raise ConfigError(table.key(name), "must be host:port") from None
-    return value
-
-
-def _int_range(table: _Table, name: str, default: int, low: int, high: int) -> int:
-    value = table.get(name, int, default)
-    if not low <= value <= high:
-        raise ConfigError(table.key(name), f"must be between {low} and {high}")
-    return value
-
-
-def _positive(table: _Table, name: str, default: float) -> float:
-    value = table.get(name, float, default)
-    if value <= 0:
-        raise ConfigError(table.key(name), "must be positive")
-    return value
-
-
-def _edge_config(t: _Table, core: CoreConfig) -> EdgeConfig:
-    """`[edge]`, checked against core's dedup horizon."""
-    credential = t.optional_str("core_credential")
-    budget = _positive(t, "budget_seconds", EdgeConfig.budget_seconds)
-    if not 1 <= budget < 5:
-        # Below a second nothing reaches core in time and every push is spooled (the
-        # edge keeps some of the budget to write the spool).
-        raise ConfigError(
-            t.key("budget_seconds"), "must be at least 1 and below WeChat's 5 s deadline"
-        )
-    max_body = t.get("max_body_bytes", int, EdgeConfig.max_body_bytes)
-    if not 1024 <= max_body <= 16 * 1024 * 1024:
-        raise ConfigError(t.key("max_body_bytes"), "must be between 1024 and 16777216")
-    edge = EdgeConfig(
-        listen=_address(t, "listen", EdgeConfig.listen),
-        core_target=_address(t, "core_target", EdgeConfig.core_target),
-        core_credential=Secret(credential) if credential else None,
-        budget_seconds=budget,
-        max_body_bytes=max_body,
-        timestamp_window_seconds=_int_range(
-            t, "timestamp_window_seconds", EdgeConfig.timestamp_window_seconds, 30, 86400
-        ),
-        spool_path=t.get("spool_path", str, EdgeConfig.spool_path),
-        spool_max_bytes=_int_range(
-            t, "spool_max_bytes", EdgeConfig.spool_max_bytes, 1024 * 1024, 1024**4
-        ),
-        spool_max_age_seconds=_int_range(
-            t, "spool_max_age_seconds", EdgeConfig.spool_max_age_seconds, 60, 7 * 86400
-        ),
-        processes=_int_range(t, "processes", EdgeConfig.processes, 1, 64),
-    )
-    if edge.processes > 1 and split_address(edge.listen)[1] == 0:
-        # Workers share one port; port 0 would give each its own.
-        raise ConfigError(t.key("processes"), "needs a fixed port in edge.listen")
-    if edge.spool_max_age_seconds >= core.dedup_ttl_seconds:
-        # A replay older than the dedup records could be processed a second time.
-        raise ConfigError(
-            t.key("spool_max_age_seconds"), "must be shorter than core.dedup_ttl_seconds"
-        )
-    t.done()
-    return edge
+        document = msgspec.toml.decode(text, type=ConfigFile, dec_hook=_decode_custom)
+    except msgspec.ValidationError as exc:
+        raise _config_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError("--config", f"{file} is not valid TOML: {exc}") from exc
+    return _settings(document, source=str(file))
 
 
 def parse_settings(data: Mapping[str, Any], *, source: str = "<memory>") -> Settings:
-    """Validate a parsed TOML document into `Settings`."""
-    root = _Table(data, "")
-    log_level = root.choice("log_level", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
+    """Validate an already parsed TOML document into `Settings`."""
+    try:
+        document = msgspec.convert(data, ConfigFile, dec_hook=_decode_custom)
+    except msgspec.ValidationError as exc:
+        raise _config_error(exc) from None
+    return _settings(document, source=source)
 
-    t = root.table("core")
-    core = CoreConfig(
-        listen=_address(t, "listen", CoreConfig.listen),
-        metrics_listen=_address(t, "metrics_listen", CoreConfig.metrics_listen),
-        drain_seconds=_positive(t, "drain_seconds", CoreConfig.drain_seconds),
-        dedup_ttl_seconds=_int_range(
-            t, "dedup_ttl_seconds", CoreConfig.dedup_ttl_seconds, 60, 30 * 86400
-        ),
-        event_retention=_int_range(t, "event_retention", CoreConfig.event_retention, 100, 10**8),
-        max_deliveries=_int_range(t, "max_deliveries", CoreConfig.max_deliveries, 1, 1000),
-        idempotency_ttl_seconds=_int_range(
-            t, "idempotency_ttl_seconds", CoreConfig.idempotency_ttl_seconds, 60, 30 * 86400
-        ),
-        delivery_ttl_seconds=_int_range(
-            t, "delivery_ttl_seconds", CoreConfig.delivery_ttl_seconds, 3600, 365 * 86400
-        ),
-    )
-    if core.idempotency_ttl_seconds > core.delivery_ttl_seconds:
-        # A retry after the record expired would find the key done but no outcome to give.
-        raise ConfigError(
-            t.key("idempotency_ttl_seconds"), "must not exceed core.delivery_ttl_seconds"
-        )
-    t.done()
 
-    edge = _edge_config(root.table("edge"), core)
-
-    t = root.table("redis")
-    url = t.optional_str("url")
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(t.key("url"), "must be a redis://, rediss:// or unix:// URL")
-    if url is not None and not url.startswith("unix://"):
-        try:
-            urllib.parse.urlsplit(url).port  # noqa: B018 - parsing is the check
-        except ValueError:
-            raise ConfigError(t.key("url"), "has an invalid port") from None
-    redis = RedisConfig(url=Secret(url) if url else None)
-    t.done()
-
-    t = root.table("wechat")
-    api_base = t.get("api_base", str, WeChatConfig.api_base).rstrip("/")
-    if not api_base.startswith(("http://", "https://")):
-        raise ConfigError(t.key("api_base"), "must be an http(s) URL")
-    wechat = WeChatConfig(api_base=api_base)
-    t.done()
-
-    t = root.table("dev")
-    demo = t.optional_str("demo_credential")
-    dev = DevConfig(
-        sim_listen=_address(t, "sim_listen", DevConfig.sim_listen),
-        demo_credential=Secret(demo) if demo else None,
-    )
-    t.done()
-
-    apps: dict[str, AppConfig] = {}
-    for table in root.tables("apps"):
-        app = _parse_app(table)
-        if app.app_id in apps:
-            raise ConfigError(table.key("app_id"), f"duplicate app {app.app_id!r}")
-        apps[app.app_id] = app
-
-    callers: list[CallerConfig] = []
-    for table in root.tables("callers"):
-        caller = _parse_caller(table, apps)
-        if any(c.name == caller.name for c in callers):
-            raise ConfigError(table.key("name"), f"duplicate caller {caller.name!r}")
-        if any(c.token_sha256 == caller.token_sha256 for c in callers):
-            raise ConfigError(table.key("token_sha256"), "two callers share one credential")
-        callers.append(caller)
-    root.done()
+def _settings(document: ConfigFile, *, source: str) -> Settings:
     return Settings(
-        core=core,
-        edge=edge,
-        redis=redis,
-        wechat=wechat,
-        apps=apps,
-        callers=tuple(callers),
-        dev=dev,
-        log_level=log_level,
+        core=document.core,
+        edge=document.edge,
+        redis=document.redis,
+        wechat=document.wechat,
+        apps={app.app_id: app for app in document.apps},
+        callers=document.callers,
+        dev=document.dev,
+        log_level=document.log_level,
         source=source,
     )
 
 
-def _parse_app(t: _Table) -> AppConfig:
-    app_id = t.get("app_id", str, required=True)
-    if not _APP_ID.fullmatch(app_id):
-        raise ConfigError(t.key("app_id"), "must be 1-64 characters of [A-Za-z0-9_-]")
-    kind = t.choice("kind", ("official_account", "mini_program"))
-    encryption = t.choice("encryption", ("plaintext", "compatible", "safe"), "plaintext")
-    data_format = t.choice("data_format", ("xml", "json"), "xml")
-    token_mode = t.choice("token_mode", ("stable", "classic"), "stable")
-    send_rate = _int_range(t, "send_rate_per_second", AppConfig.send_rate_per_second, 1, 100_000)
-    secret = t.get("app_secret", str, required=True)
-    if not secret:
-        raise ConfigError(t.key("app_secret"), "must not be empty")
-    token = t.get("token", str, required=True)
-    if not _TOKEN.fullmatch(token):
-        raise ConfigError(t.key("token"), "must be 3-32 characters of [A-Za-z0-9]")
-    keys: dict[str, Secret | None] = {}
-    for name in ("encoding_aes_key", "previous_encoding_aes_key"):
-        value = t.optional_str(name)
-        if value is not None:
-            try:
-                aes_key_from_encoding_key(value)
-            except CryptoError as exc:
-                raise ConfigError(t.key(name), exc.detail) from None
-        keys[name] = Secret(value) if value else None
-    if encryption != "plaintext" and keys["encoding_aes_key"] is None:
-        raise ConfigError(t.key("encoding_aes_key"), f"is required for {encryption} mode")
-    rules = tuple(_parse_rule(r) for r in t.tables("auto_reply"))
-    default = _parse_reply(t.table("default_reply")) if "default_reply" in t.data else None
-    welcome = _parse_reply(t.table("subscribe_reply")) if "subscribe_reply" in t.data else None
-    t.seen.update({"default_reply", "subscribe_reply"})
-    if kind == "mini_program" and (rules or default or welcome):
-        # Mini programs have no passive replies (PROTOCOL.md §4.1): reply via customer service.
-        raise ConfigError(t.key("auto_reply"), "mini programs have no passive replies")
-    if data_format == "json" and (rules or default or welcome):
-        # WeChat documents passive replies as XML only; a JSON reply would be dropped.
-        raise ConfigError(t.key("auto_reply"), 'passive replies need data_format = "xml"')
-    t.done()
-    return AppConfig(
-        app_id=app_id,
-        kind=kind,  # type: ignore[arg-type]
-        encryption=encryption,  # type: ignore[arg-type]
-        data_format=data_format,  # type: ignore[arg-type]
-        app_secret=Secret(secret),
-        token=Secret(token),
-        encoding_aes_key=keys["encoding_aes_key"],
-        previous_encoding_aes_key=keys["previous_encoding_aes_key"],
-        rules=rules,
-        default_reply=default,
-        subscribe_reply=welcome,
-        token_mode=token_mode,  # type: ignore[arg-type]
-        send_rate_per_second=send_rate,
-    )
+def _decode_custom(kind: type, value: Any) -> Any:
+    if kind is Secret:
+        if not isinstance(value, str):
+            raise _Problem("", "must be a string")
+        return Secret(value)
+    raise NotImplementedError(kind)
 
 
-def _parse_rule(t: _Table) -> ReplyRule:
-    match = t.choice("match", ("exact", "contains", "regex"), "exact")
-    keyword = t.get("keyword", str, required=True)
-    if not keyword:
-        raise ConfigError(t.key("keyword"), "must not be empty")
-    pattern = None
-    if match == "regex":
-        try:
-            pattern = re.compile(keyword)
-        except re.error as exc:
-            raise ConfigError(t.key("keyword"), f"invalid regex: {exc}") from None
-    reply = _parse_reply(t.table("reply"))
-    t.done()
-    return ReplyRule(match=match, keyword=keyword, reply=reply, pattern=pattern)  # type: ignore[arg-type]
+_AT = re.compile(r"(?P<text>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.DOTALL)
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]+)`")
+_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]+)`")
 
 
-_REPLY_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # type: (required fields, optional fields)
-    "text": (("content",), ()),
-    "image": (("media_id",), ()),
-    "voice": (("media_id",), ()),
-    "video": (("media_id",), ("title", "description")),
-    "music": (("thumb_media_id",), ("title", "description", "music_url", "hq_music_url")),
-    "news": ((), ()),
-    "transfer_customer_service": ((), ("kf_account",)),
-}
+def _config_error(exc: msgspec.ValidationError) -> ConfigError:
+    """The `ConfigError` for a decoding failure: the key's path and a schema-made problem."""
+    found = _AT.fullmatch(str(exc))
+    assert found is not None  # the pattern matches any text
+    text, path = found["text"], (found["path"] or "").lstrip(".")
+    cause = exc.__cause__
+    if isinstance(cause, _Problem):
+        return ConfigError(_join(path, cause.field), cause.problem)
+    if unknown := _UNKNOWN.fullmatch(text):
+        return ConfigError(_join(path, unknown["name"]), "unknown key")
+    if missing := _MISSING.fullmatch(text):
+        return ConfigError(_join(path, missing["name"]), "is required")
+    return ConfigError(path or "config", expectation(annotation_at(path)))
 
 
-def _parse_reply(t: _Table) -> ReplySpec:
-    kind = t.choice("type", tuple(_REPLY_FIELDS))
-    required, optional = _REPLY_FIELDS[kind]
-    values: dict[str, Any] = {}
-    for name in required:
-        values[name] = t.get(name, str, required=True)
-        if not values[name]:
-            raise ConfigError(t.key(name), "must not be empty")
-    for name in optional:
-        values[name] = t.get(name, str, "")
-    if kind == "news":
-        articles = []
-        for a in t.tables("articles"):
-            articles.append(
-                {n: a.get(n, str, "") for n in ("title", "description", "pic_url", "url")}
-            )
-            a.done()
-        if len(articles) != 1:
-            # WeChat rejects more than one article in practice (45008, PROTOCOL.md §4.1).
-            raise ConfigError(t.key("articles"), "must hold exactly one article")
-        values["articles"] = tuple(articles)
-    t.done()
-    return ReplySpec(type=kind, **values)  # type: ignore[arg-type]
+def _join(path: str, name: str) -> str:
+    if not name:
+        return path
+    if not path or name.startswith("["):
+        return f"{path}{name}"
+    return f"{path}.{name}"
 
 
-def _parse_caller(t: _Table, apps: Mapping[str, AppConfig]) -> CallerConfig:
-    name = t.get("name", str, required=True)
-    if not _CALLER.fullmatch(name):
-        raise ConfigError(t.key("name"), "must be 1-64 characters of [a-z0-9_.-]")
-    digest = t.get("token_sha256", str, required=True).lower()
-    if not _SHA256.fullmatch(digest):
-        raise ConfigError(t.key("token_sha256"), "must be 64 hex characters (sha256 of the token)")
-    if digest == hash_credential(""):
-        raise ConfigError(t.key("token_sha256"), "is the hash of an empty credential")
-    grants = []
-    for g in t.tables("allow"):
-        app_ids = g.strings("apps")
-        for i, app_id in enumerate(app_ids):
-            if app_id != "*" and app_id not in apps:
-                raise ConfigError(f"{g.key('apps')}[{i}]", f"unknown app {app_id!r}")
-        rpcs = g.strings("rpcs")
-        for i, rpc in enumerate(rpcs):
-            if not _RPC.fullmatch(rpc):
-                raise ConfigError(f"{g.key('rpcs')}[{i}]", "must be *, Service/* or Service/Method")
-        g.done()
-        grants.append(Grant(apps=frozenset(app_ids), rpcs=frozenset(rpcs)))
-    t.done()
-    return CallerConfig(name=name, token_sha256=digest, grants=tuple(grants))
+_SEGMENT = re.compile(r"\.?(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|\[(?P<index>[0-9]+)\])")
+
+
+def annotation_at(path: str) -> Any:
+    """The schema's type annotation for the key at `path` (`apps[0].kind`)."""
+    kind: Any = ConfigFile
+    for segment in _SEGMENT.finditer(path):
+        kind = _plain(kind)
+        if segment["index"] is not None:
+            kind = get_args(kind)[0]  # tuple[X, ...]
+        else:
+            by_name = {f.encode_name: f.name for f in msgspec.structs.fields(kind)}
+            hints = typing.get_type_hints(kind, include_extras=True)
+            kind = hints[by_name[segment["name"]]]
+    return kind
+
+
+def _plain(kind: Any) -> Any:
+    """`kind` without its `Annotated` metadata and without `| None`."""
+    if get_origin(kind) is Annotated:
+        kind = get_args(kind)[0]
+    args = get_args(kind)
+    if type(None) in args:
+        (kind,) = (a for a in args if a is not type(None))
+    return kind
+
+
+def _metas(kind: Any) -> list[Meta]:
+    if get_origin(kind) is Annotated:
+        return [m for m in get_args(kind)[1:] if isinstance(m, Meta)]
+    return []
+
+
+def expectation(kind: Any) -> str:
+    """What a key of type `kind` must be, in words (`must be between 1 and 64`)."""
+    metas = _metas(kind)
+    for meta in metas:
+        if meta.extra and "problem" in meta.extra:
+            return str(meta.extra["problem"])
+    plain = _plain(kind)
+    if get_origin(plain) is Literal:
+        return f"must be one of {', '.join(map(str, get_args(plain)))}"
+    low = next((m.ge for m in metas if m.ge is not None), None)
+    high = next((m.le for m in metas if m.le is not None), None)
+    number = "integer" if plain is int else "number"
+    if low is not None and high is not None:
+        return f"must be {'an' if plain is int else 'a'} {number} between {low} and {high}"
+    if any(m.gt == 0 for m in metas):
+        return f"must be a positive {number}"
+    if any(m.min_length for m in metas):
+        return "must not be empty" if plain is str else "must be a non-empty array"
+    if isinstance(plain, type) and issubclass(plain, msgspec.Struct):
+        return "must be a table"
+    if get_origin(plain) is tuple:
+        element = get_args(plain)[0]
+        if isinstance(element, type) and issubclass(element, msgspec.Struct):
+            return "must be an array of tables"
+        return "must be an array"
+    names = {str: "a string", Secret: "a string", bool: "true or false", int: "an integer"}
+    return f"must be {names.get(plain, 'a number')}"

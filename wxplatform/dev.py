@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+import msgspec
 
 from wxplatform.config import (
     EdgeConfig,
@@ -57,7 +58,7 @@ async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, 
             redis_server = EmbeddedRedis(state_dir / "redis", persist=True)
             url = await asyncio.to_thread(redis_server.start)
             running.push_async_callback(asyncio.to_thread, redis_server.stop)
-            settings = dataclasses.replace(settings, redis=RedisConfig(url=Secret(url)))
+            settings = msgspec.structs.replace(settings, redis=RedisConfig(url=Secret(url)))
             redis_shown = url
         else:
             redis_shown = "(configured)"
@@ -70,11 +71,11 @@ async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, 
         await sim.start(*split_address(settings.dev.sim_listen))
         running.push_async_callback(sim.stop)
         edge_config = settings.edge
-        if edge_config.spool_path == EdgeConfig.spool_path:
-            edge_config = dataclasses.replace(
+        if edge_config.spool_path == EdgeConfig().spool_path:
+            edge_config = msgspec.structs.replace(
                 edge_config, spool_path=str(state_dir / "edge-spool.sqlite3")
             )
-        settings = dataclasses.replace(
+        settings = msgspec.structs.replace(
             settings, wechat=WeChatConfig(api_base=sim.base_url), edge=edge_config
         )
         core = await create_server(settings, client)

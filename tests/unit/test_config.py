@@ -67,6 +67,26 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
         ("callers.0.allow", [{"apps": ["nope"], "rpcs": ["*"]}], "callers[0].allow[0].apps[0]"),
         ("callers.0.allow", [{"apps": ["*"], "rpcs": ["Token"]}], "callers[0].allow[0].rpcs[0]"),
         ("log_level", "LOUD", "log_level"),
+        ("core", "fast", "core"),
+        ("apps", {}, "apps"),
+        ("core.idempotency_ttl_seconds", 40 * 86400, "core.idempotency_ttl_seconds"),
+        ("edge.spool_max_age_seconds", 86400, "edge.spool_max_age_seconds"),
+        ("callers.0.allow", [{"apps": [], "rpcs": ["*"]}], "callers[0].allow[0].apps"),
+        (
+            "apps.0.auto_reply",
+            [{"keyword": "a", "reply": {"type": "text"}}],
+            "apps[0].auto_reply[0].reply.content",
+        ),
+        (
+            "apps.0.auto_reply",
+            [{"keyword": "(", "match": "regex", "reply": {"type": "text", "content": "x"}}],
+            "apps[0].auto_reply[0].keyword",
+        ),
+        (
+            "apps.0.default_reply",
+            {"type": "news", "articles": [{"title": "t", "img": "x"}]},
+            "apps[0].default_reply.articles[0].img",
+        ),
     ],
 )
 def test_invalid_values_name_the_key(path: str, value: Any, key: str) -> None:
@@ -128,6 +148,32 @@ def test_defaults() -> None:
     assert settings.redis.url is None
     assert settings.edge.processes == 1
     assert settings.apps["wxapp1"].encryption == "plaintext"
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("redis.url", "redis://:hunter2-secret@localhost:99999/0"),
+        ("redis.url", "http://hunter2-secret@localhost"),
+        ("apps.0.encoding_aes_key", "hunter2-secret"),
+        ("apps.0.token", "hunter2-secret!"),
+        ("edge.core_credential", ["hunter2-secret"]),
+    ],
+)
+def test_an_invalid_secret_is_named_but_never_shown(path: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(with_change(path, value))
+    assert caught.value.key == path.replace(".0.", "[0].")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_toml_file_is_decoded_against_the_schema(tmp_path: Path) -> None:
+    path = tmp_path / "wx.toml"
+    path.write_text('[core]\nlisten = "127.0.0.1:50051"\ndrain_seconds = "soon"\n', "utf-8")
+    with pytest.raises(ConfigError, match=r"core\.drain_seconds: must be a positive number"):
+        load_settings(path, {})
+    path.write_text("[edge]\nbudget_seconds = 2\n", "utf-8")
+    assert load_settings(path, {}).edge.budget_seconds == 2.0
 
 
 def test_secrets_never_appear_in_repr_or_str() -> None:

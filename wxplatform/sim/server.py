@@ -8,13 +8,13 @@ it who the users are and what they did; the send endpoints answer from that.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import msgspec
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
@@ -280,7 +280,7 @@ class WeChatSimulator:
         working until they expire.
         """
         secret = secrets.token_hex(16)
-        self.apps[app_id] = dataclasses.replace(self._app(app_id), app_secret=Secret(secret))
+        self.apps[app_id] = msgspec.structs.replace(self._app(app_id), app_secret=Secret(secret))
         return secret
 
     def set_user(

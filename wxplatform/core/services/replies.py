@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from acme.wxplatform.v1 import passive_reply_pb2 as pr
 from wxplatform.config import AppConfig, ReplySpec
@@ -55,7 +57,9 @@ def to_passive_reply(spec: ReplySpec) -> pr.PassiveReply:
             )
         case "news":
             return pr.PassiveReply(
-                news=pr.NewsReply(articles=[pr.NewsArticle(**dict(a)) for a in spec.articles])
+                news=pr.NewsReply(
+                    articles=[pr.NewsArticle(**msgspec.structs.asdict(a)) for a in spec.articles]
+                )
             )
         case "transfer_customer_service":
             return pr.PassiveReply(
