@@ -1,4 +1,4 @@
-"""Parsed push fields → the typed `InboundMessage` (PROTOCOL.md §3).
+"""Parsed push fields → the typed `InboundMessage` (docs/wechat.md §3).
 
 Every documented message and event type gets its typed body; anything else becomes
 `unknown`. `raw` always keeps every field as received, so nothing is lost. Typed

@@ -1,4 +1,4 @@
-"""`PassiveReply` → the reply fields WeChat expects (PROTOCOL.md §4.1)."""
+"""`PassiveReply` → the reply fields WeChat expects (docs/wechat.md §4.1)."""
 
 from __future__ import annotations
 

@@ -43,6 +43,6 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, Any]:
-    """The official WeChat test vectors (copied from shared/wechat/vectors.json)."""
+    """The official WeChat test vectors (tests/vectors.json; docs/wechat.md §8)."""
     data: dict[str, Any] = json.loads((HERE / "vectors.json").read_text(encoding="utf-8"))
     return data

@@ -37,7 +37,7 @@ from wxplatform.sim import WeChatSimulator
 EDGE_CREDENTIAL = "edge-credential-" + secrets.token_hex(8)
 TEAM_CREDENTIAL = "team-credential-" + secrets.token_hex(8)
 OTHER_CREDENTIAL = "other-credential-" + secrets.token_hex(8)
-AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # wechatpy's test key (vectors.json)
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # a published sample key
 
 
 def free_port() -> int:

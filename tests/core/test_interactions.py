@@ -1,4 +1,4 @@
-"""Ingress records the customer-service windows that interactions open (PROTOCOL.md §5.3)."""
+"""Ingress records the customer-service windows that interactions open (docs/wechat.md §5.3)."""
 
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def json_envelope(encrypt: str) -> bytes:
 
 
 def json_text(**overrides: Any) -> str:
-    """A mini program's JSON text push (PROTOCOL.md §3.3)."""
+    """A mini program's JSON text push (docs/wechat.md §3.3)."""
     fields: dict[str, Any] = {
         "ToUserName": "gh_minitest",
         "FromUserName": "oMiniUser1",
@@ -266,7 +266,7 @@ async def test_missing_signature_is_forbidden(
 async def test_bad_signature_is_forbidden(
     stack: Stack, redis_client: redis.Redis, method: str, forgery: str
 ) -> None:
-    """Only the exact lowercase SHA-1 over the app's own token verifies (PROTOCOL.md §1)."""
+    """Only the exact lowercase SHA-1 over the app's own token verifies (docs/wechat.md §1)."""
     plain = app(stack, "wxplain")
     query = plain_query(plain)
     ts, nonce = query[1][1], query[2][1]
@@ -390,7 +390,7 @@ async def test_encrypted_push_with_a_bad_msg_signature_is_forbidden(
 ) -> None:
     """`msg_signature` must cover this very ciphertext.
 
-    "url signature" is the common integration mistake PROTOCOL.md §2.1 warns about;
+    "url signature" is the common integration mistake docs/wechat.md §2.1 warns about;
     "other ciphertext" is a body swapped under a signature taken from another push.
     """
     safe = app(stack, "wxsafe")

@@ -1,4 +1,4 @@
-"""Every passive reply type renders exactly as WeChat documents it (PROTOCOL.md §4.1)."""
+"""Every passive reply type renders exactly as WeChat documents it (docs/wechat.md §4.1)."""
 
 from __future__ import annotations
 

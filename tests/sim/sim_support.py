@@ -32,7 +32,7 @@ TOKEN = "simtoken"
 
 
 def load_vector(vector_id: str) -> dict[str, Any]:
-    """A vector by id from tests/vectors.json (a copy of the shared official vectors)."""
+    """A vector by id from tests/vectors.json (the official vectors, docs/wechat.md §8)."""
     path = Path(__file__).resolve().parent.parent / "vectors.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     for section in data.values():

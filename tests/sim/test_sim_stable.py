@@ -79,7 +79,7 @@ async def test_force_within_30_seconds_changes_nothing(client: httpx.AsyncClient
     await advance(client, 1)
     second = (await stable_token(client, force=True))["access_token"]
     assert second not in {leaked, first}
-    # Two forced refreshes 30 s apart kill a leaked token at once (PROTOCOL.md §5.1);
+    # Two forced refreshes 30 s apart kill a leaked token at once (docs/wechat.md §5.1);
     # the one before the latest keeps its 5-minute overlap.
     assert await errcode_for(client, leaked) == 40001
     assert await errcode_for(client, first) == 0

@@ -1,4 +1,4 @@
-"""Subscribe-message value types (PROTOCOL.md §5.4): what passes and what is 47003."""
+"""Subscribe-message value types (docs/wechat.md §5.4): what passes and what is 47003."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from wxplatform.wechat.payload import (
 )
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-OLD_KEY = "A" * 43  # the official example key: 32 zero bytes (PROTOCOL.md §2.2)
+OLD_KEY = "A" * 43  # the official example key: 32 zero bytes (docs/wechat.md §2.2)
 APP_ID = "wx1234567890abcdef"
 
 # Fast, and stable on a noisy box: no per-example deadline, a modest number of examples.

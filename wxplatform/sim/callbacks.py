@@ -1,7 +1,7 @@
 """Result events WeChat pushes back after a send: TEMPLATESENDJOBFINISH and friends.
 
 WeChat answers a template send at once and reports the delivery later, as an event
-pushed to the account's callback URL (PROTOCOL.md §3.2, §5.2). The simulator does the
+pushed to the account's callback URL (docs/wechat.md §3.2, §5.2). The simulator does the
 same: a send schedules a job that waits a little, builds the event, and pushes it
 through the simulator's own push path (signed and encrypted per the app's mode).
 Every job ends in a `CallbackRecord`; `drain` pushes all pending jobs at once and

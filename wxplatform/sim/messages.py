@@ -1,4 +1,4 @@
-"""Building callback pushes the way WeChat sends them (PROTOCOL.md §1, §2, §3).
+"""Building callback pushes the way WeChat sends them (docs/wechat.md §1, §2, §3).
 
 `build_push` is pure: given an app, the inbound fields, a timestamp and a nonce it
 returns the exact URL, headers and body WeChat would send. `push.py` does the sending;

@@ -2,7 +2,7 @@
 
 WeChat waits 5 seconds for a complete answer. If none comes it drops the connection
 and re-sends the *same* request (same URL, timestamp, nonce and body) up to three more
-times (PROTOCOL.md §4.2). The answer is then judged as WeChat would (`replies.py`).
+times (docs/wechat.md §4.2). The answer is then judged as WeChat would (`replies.py`).
 Every attempt is recorded in the result; a rejected reply is a result, not an exception.
 """
 

@@ -1,4 +1,4 @@
-"""Judging an edge's answer to a push the way WeChat does (PROTOCOL.md §2.5, §4).
+"""Judging an edge's answer to a push the way WeChat does (docs/wechat.md §2.5, §4).
 
 `success` or an empty body means "no reply". Anything else must parse in the app's
 data format; safe-mode apps must answer with the encrypted envelope (Encrypt,

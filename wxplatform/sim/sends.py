@@ -1,4 +1,4 @@
-"""Template and subscribe-message sends of the simulated WeChat (PROTOCOL.md §5.2, §5.4).
+"""Template and subscribe-message sends of the simulated WeChat (docs/wechat.md §5.2, §5.4).
 
 Each handler checks the request the way WeChat does, in a fixed order: the app's
 kind (48001), the body (44002, 47001), the request's own fields (40003, 40037,

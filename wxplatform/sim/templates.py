@@ -2,7 +2,7 @@
 
 Tests register templates through the control API: a template message's keys
 (`keyword1`, `amount2`…) take any short text; a subscribe template's keys each have
-a value type (PROTOCOL.md §5.2, §5.4). A send whose data does not fit is refused
+a value type (docs/wechat.md §5.2, §5.4). A send whose data does not fit is refused
 with 47003 naming the first bad key.
 """
 

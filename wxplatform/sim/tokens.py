@@ -1,6 +1,6 @@
 """access_token state of the simulated WeChat: `/cgi-bin/token` and `/cgi-bin/stable_token`.
 
-The two endpoints keep completely separate state per app (PROTOCOL.md §5.1, §7): neither
+The two endpoints keep completely separate state per app (docs/wechat.md §5.1, §7): neither
 invalidates the other's tokens. Both share one registry, because any API endpoint
 accepts a token from either. Time always comes from the injected clock, so tests can
 walk through expiry and overlap windows without sleeping.
@@ -34,7 +34,7 @@ def beijing_day(timestamp: float) -> int:
 
 @dataclass(frozen=True)
 class TokenPolicy:
-    """The numbers WeChat documents (PROTOCOL.md §5.1, §7); tests may shrink the quotas."""
+    """The numbers WeChat documents (docs/wechat.md §5.1, §7); tests may shrink the quotas."""
 
     lifetime: float = 7200.0
     overlap: float = 300.0  # old token keeps working this long after a new one is issued

@@ -1,10 +1,10 @@
-"""Value checks for subscribe-message data, one per keyword type (PROTOCOL.md §5.4).
+"""Value checks for subscribe-message data, one per keyword type (docs/wechat.md §5.4).
 
 A subscribe template's keys are named after their type plus a number (`thing1`,
 `time2`, `amount3`); WeChat refuses a value that breaks its type's rule with 47003
 "argument invalid! data.<key>.value invalid". The `thing`, `number`, `symbol` and
 `character_string` rules are documented on the bizsend page; the others come from the
-mini program's doc and are marked unverified in PROTOCOL.md.
+mini program's doc and are marked unverified in docs/wechat.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Customer-service windows: which pushed interactions allow how many sends, for how long.
 
 WeChat lets an app send customer-service messages only after certain user actions,
-with a quota per kind of action (PROTOCOL.md §5.3). The simulator opens windows from
+with a quota per kind of action (docs/wechat.md §5.3). The simulator opens windows from
 the pushes it delivered, on its own clock. A newer interaction of the same kind opens
 a fresh window of that kind with its full quota; windows of different kinds coexist,
 and a send uses the one that expires soonest and still has quota.

@@ -1,4 +1,4 @@
-"""Callback signatures (PROTOCOL.md §1, §2.3) and the JS-SDK signature (§5.7)."""
+"""Callback signatures (docs/wechat.md §1, §2.3) and the JS-SDK signature (§5.7)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What each send looks like on the wire: validation and WeChat request bodies.
 
-Pure functions from the API's request messages to WeChat's JSON (PROTOCOL.md §5.2–5.4),
+Pure functions from the API's request messages to WeChat's JSON (docs/wechat.md §5.2–5.4),
 checked before any WeChat call so that bad input costs no quota and says exactly which
 field is wrong.
 """
@@ -35,7 +35,7 @@ _STATES = {
     pb.MINI_PROGRAM_STATE_TRIAL: "trial",
     pb.MINI_PROGRAM_STATE_FORMAL: "formal",
 }
-# Customer-service message types each kind of app may send (PROTOCOL.md §5.3).
+# Customer-service message types each kind of app may send (docs/wechat.md §5.3).
 _OA_TYPES = {
     "text",
     "image",
