@@ -7,7 +7,7 @@ The stream opens on first use and again after it breaks; every delivery keeps it
 deadline (the push's remaining budget), enforced here.
 
 Failures split in two: `CoreRejected` when core refuses this message for good (a
-replayed signature, a malformed message), and `CoreUnavailable` for everything else
+replayed signature, a malformed message), and `CoreUnreachable` for everything else
 (down, slow, draining, misconfigured, stream broken): those messages go to the spool
 and are retried.
 """
@@ -32,7 +32,7 @@ from acme.wxplatform.v1 import (
     ingress_service_pb2_grpc,
 )
 from edge import metrics
-from edge.errors import CoreRejected, CoreUnavailable
+from edge.errors import CoreRejected, CoreUnreachable
 from wxplatform.config import Secret
 from wxplatform.logs import REQUEST_ID_METADATA, new_request_id
 
@@ -66,16 +66,16 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
 def _check_budget(timeout: float) -> None:
     if timeout <= 0:
         metrics.CORE_CALLS.labels("BUDGET_SPENT").inc()
-        raise CoreUnavailable("core_deadline", "no time left in the budget")
+        raise CoreUnreachable("core_deadline", "no time left in the budget")
 
 
-def _failure(code: grpc.StatusCode, reason: str, details: str) -> CoreRejected | CoreUnavailable:
+def _failure(code: grpc.StatusCode, reason: str, details: str) -> CoreRejected | CoreUnreachable:
     """The edge's error for a delivery core did not accept."""
     metrics.CORE_CALLS.labels(code.name).inc()
     status = _FINAL.get((code, reason))
     if status is not None:
         return CoreRejected(reason.lower(), details, status=status)
-    return CoreUnavailable(f"core_{code.name.lower()}", details)
+    return CoreUnreachable(f"core_{code.name.lower()}", details)
 
 
 class _Stream:
@@ -100,7 +100,7 @@ class _Stream:
     ) -> tuple[int, asyncio.Future[Response]]:
         """Queue one delivery: its id, and a future for core's response or the error."""
         if len(self._queue) >= _MAX_QUEUED:
-            raise CoreUnavailable("core_backlog", "too many deliveries waiting to be written")
+            raise CoreUnreachable("core_backlog", "too many deliveries waiting to be written")
         delivery_id = next(self._ids)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[delivery_id] = future
@@ -217,7 +217,7 @@ class _Stream:
         for future in pending.values():
             if not future.done():
                 future.set_exception(
-                    CoreUnavailable(f"core_{code.name.lower()}", details or "stream to core broke")
+                    CoreUnreachable(f"core_{code.name.lower()}", details or "stream to core broke")
                 )
                 metrics.CORE_CALLS.labels(code.name).inc()
         self._writer.cancel()
@@ -278,7 +278,7 @@ class CoreClient:
     async def deliver(
         self, message: inbound_message_pb2.InboundMessage, *, timeout: float, request_id: str
     ) -> Response:
-        """Deliver one message; raises `CoreRejected` or `CoreUnavailable` on failure."""
+        """Deliver one message; raises `CoreRejected` or `CoreUnreachable` on failure."""
         _check_budget(timeout)
         request = ingress_service_pb2.DeliverMessageRequest(app_id=message.app_id, message=message)
         if self._unary():
@@ -289,7 +289,7 @@ class CoreClient:
         try:
             async with asyncio.timeout(timeout):
                 return await future
-        except CoreUnavailable as exc:
+        except CoreUnreachable as exc:
             if exc.reason != "core_unimplemented" or not self._unary():
                 raise
             # Core turned out to predate the stream: this delivery goes unary at once.
@@ -297,7 +297,7 @@ class CoreClient:
         except TimeoutError:
             stream.forget(delivery_id)
             metrics.CORE_CALLS.labels(grpc.StatusCode.DEADLINE_EXCEEDED.name).inc()
-            raise CoreUnavailable("core_deadline_exceeded", "core did not answer in time") from None
+            raise CoreUnreachable("core_deadline_exceeded", "core did not answer in time") from None
 
     async def _deliver_unary(
         self,

@@ -5,12 +5,15 @@
     ├── MethodNotAllowed     405  a known path, a method its handler does not take
     ├── UnknownApp           404  the URL names no configured app
     ├── BadParameters        400  missing or repeated query parameters
-    ├── SignatureMismatch    403  signature or msg_signature does not verify
+    ├── SignatureMismatch    403  signature or msg_signature missing or does not verify
+    ├── StaleTimestamp       403  the signed timestamp is too far from now
+    ├── ReplayedPush         403  a spooled push's timestamp and nonce with another body
     ├── BadPayload           400  unsafe or malformed body, undecryptable ciphertext
     ├── PayloadTooLarge      413  body over the configured cap
     ├── LengthRequired       411  a push without Content-Length (WeChat always sends one)
     ├── CoreRejected         403/400  core refused the message for good (replay, malformed)
-    └── CoreUnavailable      503  core unreachable and the spool cannot take the push either
+    ├── CoreUnreachable      503  core did not answer: the handler spools the push instead
+    └── SpoolFailed          503  core unreachable and the spool could not take the push
 
 Every rejection has a short `reason` label for the metric and the log line; the HTTP
 body never says more than the status text, and never carries a stack trace.
@@ -22,13 +25,16 @@ __all__ = [
     "BadParameters",
     "BadPayload",
     "CoreRejected",
-    "CoreUnavailable",
+    "CoreUnreachable",
     "EdgeRejection",
     "LengthRequired",
     "MethodNotAllowed",
     "NoRoute",
     "PayloadTooLarge",
+    "ReplayedPush",
     "SignatureMismatch",
+    "SpoolFailed",
+    "StaleTimestamp",
     "UnknownApp",
 ]
 
@@ -69,7 +75,19 @@ class BadParameters(EdgeRejection):
 
 
 class SignatureMismatch(EdgeRejection):
-    """The signature does not verify."""
+    """The signature is missing or does not verify."""
+
+    status = 403
+
+
+class StaleTimestamp(EdgeRejection):
+    """The signed timestamp is further from now than the configured window."""
+
+    status = 403
+
+
+class ReplayedPush(EdgeRejection):
+    """A push reuses the timestamp and nonce of a spooled push with another body."""
 
     status = 403
 
@@ -100,7 +118,15 @@ class CoreRejected(EdgeRejection):
         self.status = status
 
 
-class CoreUnavailable(EdgeRejection):
-    """Core did not answer in time or is unreachable (the push is spooled)."""
+class CoreUnreachable(EdgeRejection):
+    """Core did not answer in time or is unreachable: the push is spooled, and WeChat is
+    answered as if core had taken it."""
+
+    status = 503
+
+
+class SpoolFailed(EdgeRejection):
+    """Core is unreachable and the spool could not take the push either: WeChat gets a
+    503 and retries it."""
 
     status = 503

@@ -1,10 +1,14 @@
-"""HTTP handlers: WeChat callbacks, health and metrics. One `write_error` for all."""
+"""HTTP handlers: WeChat callbacks, health and metrics. One `write_error` for all.
+
+The callback handler orchestrates: it opens a push with `edge.push` (pure functions:
+parameters, timestamp, signature, decryption, parsing), delivers it to core or spools
+it when core is unreachable, and answers with the reply `edge.push` seals.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import json
 import logging
 import time
@@ -16,30 +20,26 @@ import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
-from acme.wxplatform.v1 import passive_reply_pb2 as pr
 from edge import metrics
 from edge.core_client import CoreClient
 from edge.errors import (
     BadParameters,
-    BadPayload,
-    CoreUnavailable,
+    CoreUnreachable,
     EdgeRejection,
     LengthRequired,
     MethodNotAllowed,
     PayloadTooLarge,
-    SignatureMismatch,
+    ReplayedPush,
+    SpoolFailed,
     UnknownApp,
 )
-from edge.normalize import normalize
+from edge.push import open_push, seal_reply, signed_pair, verify_url
 from edge.replayer import Replayer
-from edge.replies import reply_fields
 from edge.spool import Spool, SpoolConflict, SpoolUnavailable
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.logs import REQUEST_ID_HEADER, new_request_id, request_id
-from wxplatform.wechat.crypto import CryptoError, MessageCrypto
-from wxplatform.wechat.payload import MalformedPayload, Payload, parse_json, parse_xml, render_xml
-from wxplatform.wechat.signature import sign, signature_matches
+from wxplatform.wechat.crypto import MessageCrypto
 
 __all__ = [
     "CallbackDeps",
@@ -53,7 +53,7 @@ __all__ = [
 log = logging.getLogger("wxplatform.edge")
 
 _DEFAULT_BODY_SECONDS = 5.0
-NO_REPLY = b"success"  # stops WeChat's retries and shows the user nothing (PROTOCOL.md §4.2)
+NO_REPLY = b"success"  # stops WeChat's retries and shows the user nothing (docs/wechat.md §4.2)
 
 
 class InFlight:
@@ -277,14 +277,6 @@ _SPOOL_MIN = 0.02  # less than this left: do not even try to spool
 _SPOOLED_REPLAY = ("replayed_request", "a spooled push has its timestamp and nonce")
 
 
-def _signed(transport: inbound.InboundTransport) -> str:
-    """What a push's signature covers besides the token: the spool's "timestamp:nonce"."""
-    return f"{transport.signature_timestamp}:{transport.nonce}"
-
-
-_SIGNATURE_PARAMS = ("signature", "timestamp", "nonce")
-
-
 class CallbackHandler(EdgeHandler):
     """`GET /wx/{app_id}` (URL verification) and `POST /wx/{app_id}` (pushes).
 
@@ -343,97 +335,44 @@ class CallbackHandler(EdgeHandler):
         _callback_duration(method).observe(time.perf_counter() - self.started)
         super().on_finish()
 
-    # --- verification -------------------------------------------------------------
-
     def _app(self, app_id: str) -> AppConfig:
         app = self.deps.apps.get(app_id)
         if app is None:
             raise UnknownApp("unknown_app")
         return app
 
-    def _params(self, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, str]:
-        """Query parameters, each present at most once (required ones exactly once)."""
-        out: dict[str, str] = {}
-        for name in (*required, *optional):
-            values = self.request.query_arguments.get(name, [])
-            if len(values) > 1:
-                raise BadParameters("duplicate_param", name)
-            if not values:
-                if name in required:
-                    if name == "signature":  # unsigned: refused like a wrong signature
-                        raise SignatureMismatch("missing_signature")
-                    raise BadParameters("missing_param", name)
-                continue
-            try:
-                out[name] = values[0].decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadParameters("bad_param", name) from None
-        return out
-
-    def _check_timestamp(self, params: Mapping[str, str]) -> int:
-        """The timestamp, if within the window around now (retries reuse the original)."""
-        raw = params["timestamp"]
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
-            raise BadParameters("bad_timestamp")
-        timestamp = int(raw)
-        if abs(self.deps.clock.now() - timestamp) > self.deps.timestamp_window_seconds:
-            raise SignatureMismatch("stale_timestamp")
-        return timestamp
-
-    def _verify(self, app: AppConfig, params: Mapping[str, str], *extra: str) -> None:
-        expected = sign(app.token.reveal(), params["timestamp"], params["nonce"], *extra)
-        provided = params["msg_signature"] if extra else params["signature"]
-        if not signature_matches(expected, provided):
-            raise SignatureMismatch("bad_msg_signature" if extra else "bad_signature")
-
     # --- GET: URL verification ----------------------------------------------------
 
     async def get(self, app_id: str) -> None:
         app = self._app(app_id)
-        params = self._params((*_SIGNATURE_PARAMS, "echostr"))
-        self._check_timestamp(params)
-        # The handshake is always plaintext-signed, whatever the app's encryption mode.
-        self._verify(app, params)
+        echostr = verify_url(
+            app,
+            self.request.query_arguments,
+            now=self.deps.clock.now(),
+            window=self.deps.timestamp_window_seconds,
+        )
         self.set_header("Content-Type", "text/plain; charset=utf-8")
-        self.finish(params["echostr"])
+        self.finish(echostr)
 
-    # --- POST: pushes -------------------------------------------------------------
+    # --- POST: pushes: open, deliver or spool, answer -----------------------------
 
     async def post(self, app_id: str) -> None:
         self._stop_body_timer()  # the whole body is here
-        await self._push(app_id)
-
-    async def _push(self, app_id: str) -> None:
         deadline = self.started + self.deps.budget_seconds
         app = self._app(app_id)
-        # `signature` is plaintext mode's; an encrypted push is verified by `msg_signature`
-        # alone (WeChat's guide: never by `signature`), so there it may be absent.
-        params = self._params(
-            ("timestamp", "nonce"), ("signature", "encrypt_type", "msg_signature", "openid")
+        crypto = self.deps.cryptos.get(app.app_id)
+        opened = open_push(
+            app,
+            crypto,
+            self.request.query_arguments,
+            self.body(),
+            now=self.deps.clock.now(),
+            window=self.deps.timestamp_window_seconds,
         )
-        timestamp = self._check_timestamp(params)
-        encrypted = params.get("encrypt_type", "raw") == "aes"
-        body = self.body()
-        fields, key_index, verified = self._open(app, params, body, encrypted)
-        if "MsgType" not in fields and fields.get("action") == "CheckContainerPath":
-            self._no_reply()  # WeChat cloud hosting's path probe (PROTOCOL.md §3.3)
+        message = opened.message
+        if message is None:  # a probe, not a message
+            self._no_reply()
             return
-        transport = inbound.InboundTransport(
-            encryption=_encryption(app, encrypted),
-            format=inbound.DATA_FORMAT_JSON
-            if app.data_format == "json"
-            else inbound.DATA_FORMAT_XML,
-            signature_timestamp=timestamp,
-            nonce=params["nonce"],
-            body_sha256=hashlib.sha256(verified).hexdigest(),
-        )
-        try:
-            message = normalize(app.app_id, fields, transport, self.deps.clock.now())
-        except MalformedPayload as exc:
-            raise BadPayload(f"payload_{exc.kind}", exc.detail) from None
-        except Exception:
-            log.exception("normalizer failed on a push")
-            raise BadPayload("payload_unparseable") from None
         if self.deps.replayer.may_hold_entries:  # an outage's pushes wait to be replayed
             await self._refuse_replays_of_spooled(message)
         remaining = deadline - time.perf_counter() - _SPOOL_RESERVE
@@ -441,13 +380,18 @@ class CallbackHandler(EdgeHandler):
             response = await self.deps.core.deliver(
                 message, timeout=remaining, request_id=self.request_id
             )
-        except CoreUnavailable as exc:
+        except CoreUnreachable as exc:
             await self._spool(message, exc)
             self._no_reply()
             return
-        self._answer(app, params, message, response.reply, key_index if encrypted else None)
+        body = seal_reply(app, crypto, opened, response.reply, now=self.deps.clock.now())
+        if body is None:
+            self._no_reply()
+            return
+        self.set_header("Content-Type", "application/xml; charset=utf-8")
+        self.finish(body)
 
-    async def _spool(self, message: inbound.InboundMessage, cause: CoreUnavailable) -> None:
+    async def _spool(self, message: inbound.InboundMessage, cause: CoreUnreachable) -> None:
         """Keep the message for later; if even that fails, do not acknowledge WeChat."""
         transport = message.transport
         # What is left of the budget bounds the wait for another worker's write lock:
@@ -461,18 +405,18 @@ class CallbackHandler(EdgeHandler):
                 self.request_id,
                 self.deps.clock.now(),
                 message.SerializeToString(),
-                signed=_signed(transport),
+                signed=signed_pair(transport),
                 body_sha256=transport.body_sha256,
                 deadline=time.monotonic() + left,
             )
         except SpoolConflict:  # checked again with the write: two pushes at once
-            raise SignatureMismatch(*_SPOOLED_REPLAY) from None
+            raise ReplayedPush(*_SPOOLED_REPLAY) from None
         except SpoolUnavailable as exc:
             metrics.SPOOL_FAILURES.inc()
             log.error(
                 "spool write failed; leaving the push to WeChat's retry", extra={"error": str(exc)}
             )
-            raise CoreUnavailable("spool_unavailable", str(exc)) from None
+            raise SpoolFailed("spool_unavailable", str(exc)) from None
         metrics.SPOOLED.inc()  # the depth gauge follows within seconds (the replayer)
         log.warning("core unavailable; push spooled", extra={"reason": cause.reason})
         self.deps.replayer.wake()
@@ -486,101 +430,18 @@ class CallbackHandler(EdgeHandler):
         try:
             conflict = await self.deps.spool.conflicts(
                 message.app_id,
-                _signed(transport),
+                signed_pair(transport),
                 transport.body_sha256,
             )
         except SpoolUnavailable as exc:  # cannot tell: core's own guard still applies
             log.warning("spool unreadable for the replay check", extra={"error": str(exc)})
             return
         if conflict:
-            raise SignatureMismatch(*_SPOOLED_REPLAY)
-
-    def _parse(self, app: AppConfig, body: bytes) -> Payload:
-        try:
-            return parse_json(body) if app.data_format == "json" else parse_xml(body)
-        except MalformedPayload as exc:
-            raise BadPayload(f"payload_{exc.kind}", exc.detail) from None
-        except Exception:
-            log.exception("parser failed on a push")
-            raise BadPayload("payload_unparseable") from None
-
-    def _open(
-        self, app: AppConfig, params: dict[str, str], body: bytes, encrypted: bool
-    ) -> tuple[Payload, int, bytes]:
-        """Verify and parse the body; decrypt it in safe and compatible mode.
-
-        Returns the fields, the index of the AES key that opened them, and the verified
-        message: the body in plaintext mode, the decrypted message otherwise (a retry
-        WeChat encrypted afresh is then still the same message to the replay guard, and
-        unsigned plaintext fields of a compatible-mode body count for nothing).
-        """
-        if not encrypted:
-            if app.encryption == "safe":
-                # A plaintext signature does not cover the body: accepting one on a safe
-                # app would let anyone replay a captured URL with a body of their own.
-                raise SignatureMismatch("plaintext_on_safe_app")
-            if "signature" not in params:
-                raise SignatureMismatch("missing_signature")
-            self._verify(app, params)
-            return self._parse(app, body), 0, body
-        crypto = self.deps.cryptos.get(app.app_id)
-        if crypto is None:
-            raise BadParameters("unexpected_encryption")
-        if "msg_signature" not in params:
-            raise SignatureMismatch("missing_msg_signature")
-        envelope = self._parse(app, body)
-        ciphertext = envelope.get("Encrypt")
-        if not isinstance(ciphertext, str) or not ciphertext:
-            raise BadPayload("payload_no_encrypt")
-        # msg_signature covers the ciphertext; the URL `signature` does not cover the body.
-        self._verify(app, params, ciphertext)
-        try:
-            plaintext, key_index = crypto.decrypt(ciphertext)
-        except CryptoError as exc:
-            raise BadPayload(f"decrypt_{-exc.code}", exc.detail) from None
-        message = plaintext.encode()
-        return self._parse(app, message), key_index, message
+            raise ReplayedPush(*_SPOOLED_REPLAY)
 
     def _no_reply(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(NO_REPLY)
-
-    def _answer(
-        self,
-        app: AppConfig,
-        params: Mapping[str, str],
-        message: inbound.InboundMessage,
-        reply: pr.PassiveReply,
-        key_index: int | None,
-    ) -> None:
-        now = int(self.deps.clock.now())
-        fields = reply_fields(reply, message, now) if app.data_format == "xml" else None
-        if fields is None:
-            self._no_reply()
-            return
-        body = render_xml(fields)
-        if key_index is not None:
-            # Encrypt with the key that opened the push (key rotation, PROTOCOL.md §2.1).
-            encrypt = self.deps.cryptos[app.app_id].encrypt(body.decode(), key_index=key_index)
-            nonce = params["nonce"]  # WeChat asks to echo the request's nonce
-            body = render_xml(
-                {
-                    "Encrypt": encrypt,
-                    "MsgSignature": sign(app.token.reveal(), str(now), nonce, encrypt),
-                    "TimeStamp": now,
-                    "Nonce": nonce,
-                }
-            )
-        self.set_header("Content-Type", "application/xml; charset=utf-8")
-        self.finish(body)
-
-
-def _encryption(app: AppConfig, encrypted: bool) -> inbound.EncryptionMode.ValueType:
-    if not encrypted:
-        return inbound.ENCRYPTION_MODE_PLAINTEXT
-    if app.encryption == "safe":
-        return inbound.ENCRYPTION_MODE_SAFE
-    return inbound.ENCRYPTION_MODE_COMPATIBLE
 
 
 class HealthHandler(EdgeHandler):

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from edge import metrics
 from edge.core_client import CoreClient
-from edge.errors import CoreRejected, CoreUnavailable
+from edge.errors import CoreRejected, CoreUnreachable
 from edge.spool import Spool, SpoolEntry, SpoolUnavailable
 from wxplatform.clock import Clock
 from wxplatform.logs import request_id
@@ -162,7 +162,7 @@ class Replayer:
         message.transport.spool_replays = entry.attempts + 1
         try:
             await self._core.deliver(message, timeout=_REPLAY_TIMEOUT, request_id=entry.request_id)
-        except CoreUnavailable as exc:
+        except CoreUnreachable as exc:
             self._backoff = min(max(self._backoff * 2, _BACKOFF_START), _BACKOFF_CAP)
             delay = self._backoff * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
             await self._spool.postpone(entry.id, entry.attempts + 1, self._clock.now() + delay)

@@ -24,7 +24,7 @@ from acme.wxplatform.v1 import ingress_service_pb2 as ingress
 from acme.wxplatform.v1 import ingress_service_pb2_grpc
 from acme.wxplatform.v1 import passive_reply_pb2 as pr
 from edge.core_client import CoreClient
-from edge.errors import CoreRejected, CoreUnavailable
+from edge.errors import CoreRejected, CoreUnreachable
 from tests.core.helpers import text_message
 from tests.support import app_table, make_settings, new_app_id, running_stack
 from wxplatform.config import Secret
@@ -140,7 +140,7 @@ async def test_a_deadline_passes_and_the_late_answer_is_dropped(
     core: tuple[PlayCore, CoreClient],
 ) -> None:
     play, client = core
-    with pytest.raises(CoreUnavailable) as caught:
+    with pytest.raises(CoreUnreachable) as caught:
         await deliver(client, "slow", timeout=0.2)
     assert caught.value.reason == "core_deadline_exceeded"
     play.release.set()  # the late answer arrives and is dropped
@@ -153,10 +153,10 @@ async def test_in_band_errors_are_typed(core: tuple[PlayCore, CoreClient]) -> No
     with pytest.raises(CoreRejected) as rejected:
         await deliver(client, "replayed")
     assert (rejected.value.reason, rejected.value.status) == ("replayed_request", 403)
-    with pytest.raises(CoreUnavailable) as unavailable:
+    with pytest.raises(CoreUnreachable) as unavailable:
         await deliver(client, "bad")
     assert unavailable.value.reason == "core_unavailable"
-    with pytest.raises(CoreUnavailable) as unknown:
+    with pytest.raises(CoreUnreachable) as unknown:
         await deliver(client, "future")
     assert unknown.value.reason == "core_failed_precondition"
     assert (await deliver(client, "fine")).reply.text.content == "re: fine"
@@ -171,7 +171,7 @@ async def test_a_broken_stream_fails_what_waits_and_reopens(
         deliver(client, "break"), deliver(client, "slow"), return_exceptions=True
     )
     for result in results:
-        assert isinstance(result, CoreUnavailable), result
+        assert isinstance(result, CoreUnreachable), result
         assert result.reason == "core_unavailable"
     play.release.set()
     assert (await deliver(client, "again")).reply.text.content == "re: again"
@@ -180,7 +180,7 @@ async def test_a_broken_stream_fails_what_waits_and_reopens(
 
 async def test_no_time_left_fails_at_once(core: tuple[PlayCore, CoreClient]) -> None:
     play, client = core
-    with pytest.raises(CoreUnavailable) as caught:
+    with pytest.raises(CoreUnreachable) as caught:
         await deliver(client, "late", timeout=0)
     assert caught.value.reason == "core_deadline"
     assert play.streams == 0
@@ -189,7 +189,7 @@ async def test_no_time_left_fails_at_once(core: tuple[PlayCore, CoreClient]) -> 
 async def test_core_down_fails_fast() -> None:
     client = CoreClient("127.0.0.1:1", None)  # nothing listens on port 1
     try:
-        with pytest.raises(CoreUnavailable) as caught:
+        with pytest.raises(CoreUnreachable) as caught:
             await deliver(client, "anyone?", timeout=3)
         assert caught.value.reason == "core_unavailable"
     finally:
@@ -268,7 +268,7 @@ async def test_a_refused_stream_reports_cores_status(redis_client: redis.Redis) 
         client = CoreClient(f"127.0.0.1:{stack.core.port}", Secret("not-the-edge-credential"))
         try:
             for _ in range(3):  # every new stream is refused alike
-                with pytest.raises(CoreUnavailable) as caught:
+                with pytest.raises(CoreUnreachable) as caught:
                     await deliver(client, "hello")
                 assert caught.value.reason == "core_unauthenticated"
         finally:
@@ -294,7 +294,7 @@ async def test_a_stream_that_stopped_answering_is_replaced(
     play, client = core
     # "slow" holds the first stream's only reader: nothing after it gets an answer.
     for n in range(16):
-        with pytest.raises(CoreUnavailable):
+        with pytest.raises(CoreUnreachable):
             await deliver(client, "slow" if n == 0 else f"stuck {n}", timeout=0.1)
     assert (await deliver(client, "after")).reply.text.content == "re: after"
     assert play.streams == 2
