@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from wxplatform.sim.api import ApiHandler, requires_access_token
 from wxplatform.sim.callbacks import CallbackRecord
-from wxplatform.sim.errors import ApiError
+from wxplatform.sim.errors import ApiError, CallbackAlreadySent, ClockNotAdjustable
 from wxplatform.sim.faults import Fault
 from wxplatform.sim.messages import build_push, event_message, original_id, text_message
 from wxplatform.sim.push import PushResult, push
-from wxplatform.sim.server import CallbackAlreadySent, ClockNotAdjustable, WeChatSimulator
+from wxplatform.sim.server import WeChatSimulator
 from wxplatform.sim.tokens import Caller, TokenPolicy
 
 __all__ = [

@@ -31,7 +31,6 @@ __all__ = [
     "StableTokenHandler",
     "TicketHandler",
     "TokenHandler",
-    "api_routes",
     "requires_access_token",
 ]
 
@@ -163,7 +162,7 @@ class TokenHandler(ApiHandler):
     """`GET /cgi-bin/token?grant_type=client_credential&appid=&secret=`."""
 
     async def get(self) -> None:
-        """Issue a new token (PROTOCOL.md §5.1)."""
+        """Issue a new token (docs/wechat.md §5.1)."""
         arg = self.get_query_argument
         if arg("grant_type", "") != "client_credential":
             raise ApiError(40002)
@@ -175,7 +174,7 @@ class StableTokenHandler(ApiHandler):
     """`POST /cgi-bin/stable_token` with a JSON body."""
 
     async def post(self) -> None:
-        """Return the stable token, rolling or force-refreshing it (PROTOCOL.md §5.1)."""
+        """Return the stable token, rolling or force-refreshing it (docs/wechat.md §5.1)."""
         data = self.json_body()
         if data.get("grant_type") != "client_credential":
             raise ApiError(40002)
@@ -217,22 +216,3 @@ class NotFoundHandler(ApiHandler):
         raise HTTPError(404)
 
     get = post = put = delete = patch = head = options = _missing
-
-
-def api_routes(state: SimState) -> list[tuple[str, type[ApiHandler], dict[str, Any]]]:
-    """The URL table of the simulated API."""
-    # The send endpoints build on ApiHandler above: import them here, not at the top.
-    from wxplatform.sim.custom import CustomSendHandler
-    from wxplatform.sim.sends import BizSendHandler, SubscribeSendHandler, TemplateSendHandler
-
-    kwargs = {"state": state}
-    return [
-        (r"/cgi-bin/token", TokenHandler, kwargs),
-        (r"/cgi-bin/stable_token", StableTokenHandler, kwargs),
-        (r"/cgi-bin/getcallbackip", CallbackIpHandler, kwargs),
-        (r"/cgi-bin/ticket/getticket", TicketHandler, kwargs),
-        (r"/cgi-bin/message/template/send", TemplateSendHandler, kwargs),
-        (r"/cgi-bin/message/custom/send", CustomSendHandler, kwargs),
-        (r"/cgi-bin/message/subscribe/bizsend", BizSendHandler, kwargs),
-        (r"/cgi-bin/message/subscribe/send", SubscribeSendHandler, kwargs),
-    ]

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from wxplatform.sim.control import ControlError, ControlHandler
+from wxplatform.sim.errors import CallbackAlreadySent
 
 if TYPE_CHECKING:
     from wxplatform.sim.server import WeChatSimulator
@@ -22,8 +23,6 @@ __all__ = ["messaging_control_routes"]
 @contextmanager
 def _answers() -> Iterator[None]:
     """Turn the simulator methods' exceptions into control-API statuses."""
-    from wxplatform.sim.server import CallbackAlreadySent
-
     try:
         yield
     except KeyError as exc:

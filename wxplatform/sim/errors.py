@@ -1,7 +1,7 @@
 """WeChat's API error shape: errcodes, their usual texts, and the `rid` suffix.
 
 Every API error WeChat returns is HTTP 200 with `{"errcode": N, "errmsg": "... rid: X"}`
-(PROTOCOL.md §5, §6). The simulator raises `ApiError` anywhere in a handler and the
+(docs/wechat.md §5, §6). The simulator raises `ApiError` anywhere in a handler and the
 handler base turns it into that body.
 """
 
@@ -10,9 +10,16 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-__all__ = ["ERRMSG", "ApiError", "error_body", "new_rid"]
+__all__ = [
+    "ERRMSG",
+    "ApiError",
+    "CallbackAlreadySent",
+    "ClockNotAdjustable",
+    "error_body",
+    "new_rid",
+]
 
-# errmsg texts as WeChat sends them (PROTOCOL.md §6); the simulator appends " rid: …".
+# errmsg texts as WeChat sends them (docs/wechat.md §6); the simulator appends " rid: …".
 ERRMSG: dict[int, str] = {
     -1: "system error",
     40001: "invalid credential, access_token is invalid or not latest",
@@ -81,3 +88,11 @@ class ApiError(Exception):
         self.errcode = errcode
         self.errmsg = errmsg if errmsg is not None else ERRMSG.get(errcode, "unknown error")
         super().__init__(f"{errcode} {self.errmsg}")
+
+
+class ClockNotAdjustable(RuntimeError):
+    """The simulator runs on a real clock, which cannot be advanced."""
+
+
+class CallbackAlreadySent(RuntimeError):
+    """A template job's result can no longer be forced: its event was already built."""

@@ -21,31 +21,33 @@ from tornado.web import Application, RequestHandler
 
 from wxplatform.clock import Clock, ManualClock, SystemClock
 from wxplatform.config import AppConfig, Secret
-from wxplatform.sim.api import NotFoundHandler, api_routes
+from wxplatform.sim.api import (
+    ApiHandler,
+    CallbackIpHandler,
+    NotFoundHandler,
+    StableTokenHandler,
+    TicketHandler,
+    TokenHandler,
+)
 from wxplatform.sim.callbacks import DEFAULT_CALLBACK_DELAY, CallbackQueue, CallbackRecord
 from wxplatform.sim.control import DEFAULT_OPENID, control_routes
 from wxplatform.sim.control_messaging import messaging_control_routes
+from wxplatform.sim.custom import CustomSendHandler
+from wxplatform.sim.errors import CallbackAlreadySent, ClockNotAdjustable
 from wxplatform.sim.faults import Fault
 from wxplatform.sim.messages import original_id, text_message
 from wxplatform.sim.outbox import JOB_STATUSES, ResultRule
 from wxplatform.sim.push import PushResult, push
+from wxplatform.sim.sends import BizSendHandler, SubscribeSendHandler, TemplateSendHandler
 from wxplatform.sim.state import SimState
 from wxplatform.sim.tickets import TicketStore
 from wxplatform.sim.tokens import TokenPolicy, TokenStore
 
-__all__ = ["CallbackAlreadySent", "ClockNotAdjustable", "WeChatSimulator"]
+__all__ = ["WeChatSimulator"]
 
 log = logging.getLogger(__name__)
 
 _SYSTEM_CLOCK = SystemClock()
-
-
-class ClockNotAdjustable(RuntimeError):
-    """The simulator runs on a real clock, which cannot be advanced."""
-
-
-class CallbackAlreadySent(RuntimeError):
-    """A template job's result can no longer be forced: its event was already built."""
 
 
 def _log_request(handler: RequestHandler) -> None:
@@ -101,7 +103,7 @@ class WeChatSimulator:
     def make_app(self) -> Application:
         """The Tornado application: WeChat's API plus the `/_sim/` control API."""
         return Application(
-            [*api_routes(self.state), *control_routes(self), *messaging_control_routes(self)],
+            [*_api_routes(self.state), *control_routes(self), *messaging_control_routes(self)],
             default_handler_class=NotFoundHandler,
             default_handler_args={"state": self.state},
             log_function=_log_request,
@@ -392,3 +394,18 @@ class WeChatSimulator:
     async def drain_callbacks(self) -> list[CallbackRecord]:
         """Wait for every pending result event to be pushed; all records so far."""
         return await self.state.callbacks.drain()
+
+
+def _api_routes(state: SimState) -> list[tuple[str, type[ApiHandler], dict[str, Any]]]:
+    """The URL table of the simulated API."""
+    kwargs = {"state": state}
+    return [
+        (r"/cgi-bin/token", TokenHandler, kwargs),
+        (r"/cgi-bin/stable_token", StableTokenHandler, kwargs),
+        (r"/cgi-bin/getcallbackip", CallbackIpHandler, kwargs),
+        (r"/cgi-bin/ticket/getticket", TicketHandler, kwargs),
+        (r"/cgi-bin/message/template/send", TemplateSendHandler, kwargs),
+        (r"/cgi-bin/message/custom/send", CustomSendHandler, kwargs),
+        (r"/cgi-bin/message/subscribe/bizsend", BizSendHandler, kwargs),
+        (r"/cgi-bin/message/subscribe/send", SubscribeSendHandler, kwargs),
+    ]
