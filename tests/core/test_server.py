@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from typing import Any
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ import redis.asyncio as redis
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from wxplatform_client import from_rpc_error
 
 from acme.wxplatform.v1 import error_reason_pb2 as error_reason
 from acme.wxplatform.v1 import ingress_service_pb2 as ingress
@@ -90,10 +92,22 @@ async def test_unimplemented_services_say_so_with_a_reason(redis_client: redis.R
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+# Served by `unimplemented_handler` until their issue lands (docs/architecture.md).
+NOT_YET = {"acme.wxplatform.v1.OAuthService", "acme.wxplatform.v1.SessionService"}
+
+
 async def test_every_rpc_of_the_api_is_served(redis_client: redis.Redis) -> None:
-    """No RPC falls through to gRPC's own 'method not found' (also UNIMPLEMENTED)."""
+    """Each RPC of the descriptors reaches a handler of ours, not the generated base.
+
+    A caller granted everything sends an empty request: our servicers refuse it with a
+    reason of their own (no such app, an invalid request); a method missing from a
+    servicer would fall through to the generated base class, which answers
+    UNIMPLEMENTED without any ErrorInfo, and gRPC's own "method not found" carries none
+    either.
+    """
     app_id = new_app_id()
-    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
+    settings = make_settings(app_table(app_id), team_apps=["*"])
+    async with running_stack(settings, redis_client) as stack:
         reflection = reflection_pb2_grpc.ServerReflectionStub(stack.channel)
         for service_name in API_SERVICES:
             files = await _file_containing(reflection, service_name)
@@ -101,24 +115,36 @@ async def test_every_rpc_of_the_api_is_served(redis_client: redis.Redis) -> None
                 s for f in files for s in f.service if f"{f.package}.{s.name}" == service_name
             )
             for method in service.method:
+                rpc = f"{service_name}/{method.name}"
                 if method.client_streaming:
                     assert await _streamed_refusal(stack.channel, service_name, method.name) == (
-                        "CALLER_NOT_AUTHORIZED"
-                    ), f"{service_name}/{method.name}"
+                        "APP_NOT_FOUND"
+                    ), rpc
                     continue
-                call = stack.channel.unary_unary(f"/{service_name}/{method.name}")
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    # An empty request: auth refuses it, proving our handler chain saw the call.
-                    await call(b"", metadata=bearer(TEAM_CREDENTIAL))
-                assert error_info(caught.value)[0] in {
-                    "CALLER_NOT_AUTHORIZED",
-                    "NOT_IMPLEMENTED",
-                    "APP_NOT_FOUND",
-                }, f"{service_name}/{method.name}"
+                if method.server_streaming:
+                    call: Any = stack.channel.unary_stream(f"/{rpc}")
+                    refusal = await _first_error(call(b"", metadata=bearer(TEAM_CREDENTIAL)))
+                else:
+                    call = stack.channel.unary_unary(f"/{rpc}")
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call(b"", metadata=bearer(TEAM_CREDENTIAL))
+                    refusal = caught.value
+                reason = from_rpc_error(refusal).reason
+                if service_name in NOT_YET:
+                    assert reason == "NOT_IMPLEMENTED", rpc
+                else:
+                    assert reason in {"APP_NOT_FOUND", "INVALID_REQUEST"}, (rpc, refusal)
+
+
+async def _first_error(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    return caught.value
 
 
 async def _streamed_refusal(channel: grpc.aio.Channel, service: str, method: str) -> str:
-    """The in-band error of one delivery for an app the caller holds no grant for."""
+    """The in-band error of one delivery for an app that does not exist."""
     call = channel.stream_stream(
         f"/{service}/{method}",
         request_serializer=ingress.DeliverStreamRequest.SerializeToString,
