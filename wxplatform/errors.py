@@ -23,7 +23,9 @@ edge turns them into HTTP replies in its one `write_error`.
     ├── WindowQuotaExhausted       WINDOW_QUOTA_EXHAUSTED
     ├── TokenRefreshLimited        TOKEN_REFRESH_LIMITED
     ├── TokenUnavailable           TOKEN_UNAVAILABLE
+    ├── TokenRejected              TOKEN_UNAVAILABLE: the token and its replacement refused
     ├── WeChatRefused              the errcode's reason (INVALID_OPENID, …), errcode/errmsg/rid
+    │   └── CredentialsRefused     a token endpoint's refusal (APP_CREDENTIALS_REJECTED, …)
     ├── WeChatUnavailable          WECHAT_UNAVAILABLE: -1, 5xx, unreachable, retries spent
     ├── WeChatOutcomeUnknown       WECHAT_OUTCOME_UNKNOWN: sent, but no answer came
     └── WeChatBadResponse          WECHAT_BAD_RESPONSE: not WeChat's JSON API
@@ -36,11 +38,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from wxplatform.wechat.errcodes import Retry
+
 __all__ = [
     "AppKindMismatch",
     "AppNotFound",
     "CallerNotAuthorized",
     "CallerUnauthenticated",
+    "CredentialsRefused",
     "DeliveryNotFound",
     "FieldViolation",
     "IdempotencyKeyReused",
@@ -52,6 +57,7 @@ __all__ = [
     "ShuttingDown",
     "StoreUnavailable",
     "TokenRefreshLimited",
+    "TokenRejected",
     "TokenUnavailable",
     "WeChatBadResponse",
     "WeChatOutcomeUnknown",
@@ -203,10 +209,23 @@ class TokenRefreshLimited(WxPlatformError):
 
 
 class WeChatRefused(WxPlatformError):
-    """WeChat answered with an errcode; `reason` depends on it (see wechat/errcodes.py)."""
+    """WeChat answered with an errcode, classified once where the answer was parsed.
+
+    `reason` and `retry` come from the errcode table (`wxplatform.wechat.errcodes`).
+    `after_possible_send`: an earlier attempt of the same call was retried after it may
+    have reached WeChat, so this refusal says nothing about that attempt.
+    """
 
     def __init__(
-        self, reason: str, errcode: int, errmsg: str, rid: str, *, retry_after: float | None = None
+        self,
+        reason: str,
+        errcode: int,
+        errmsg: str,
+        rid: str,
+        *,
+        retry: Retry = "never",
+        retry_after: float | None = None,
+        after_possible_send: bool = False,
     ) -> None:
         super().__init__(
             f"WeChat refused the call: {errcode} {errmsg}",
@@ -217,9 +236,24 @@ class WeChatRefused(WxPlatformError):
         self.errcode = errcode
         self.errmsg = errmsg
         self.rid = rid
-        # Set by the client when an earlier attempt of the same call may have reached
-        # WeChat (it was retried): a refusal of this attempt says nothing about that one.
-        self.after_possible_send = False
+        self.retry: Retry = retry
+        self.after_possible_send = after_possible_send
+
+    @property
+    def judges_request(self) -> bool:
+        """Whether WeChat refused what the call asked for, not the call itself."""
+        return self.retry == "never"
+
+
+class CredentialsRefused(WeChatRefused):
+    """A token endpoint refused the app's credentials (or its quota for them is spent):
+    no access token was issued, so no call that needed one was made."""
+
+
+class TokenRejected(WxPlatformError):
+    """WeChat rejected the app's access token and then its replacement as well."""
+
+    reason = "TOKEN_UNAVAILABLE"
 
 
 class WeChatUnavailable(WxPlatformError):

@@ -36,7 +36,8 @@ from tests.support import (
 )
 from wxplatform.background import Background
 from wxplatform.clock import Clock, ManualClock
-from wxplatform.core.adapters.ingress_store import Accepted, IngressStore
+from wxplatform.core.adapters.ingress_store import IngressStore
+from wxplatform.core.model import Accepted
 from wxplatform.core.services.ingress import dedup_key
 from wxplatform.sim import WeChatSimulator, original_id, text_message
 from wxplatform.sim.messages import event_message
@@ -276,6 +277,19 @@ async def test_refused_app_credentials_leave_the_key_usable(env: Env) -> None:
     delivery = await env.template("creds-1")  # the caller retries after the fix
     assert delivery.status == pb.DELIVERY_STATUS_SENT
     assert env.calls(TEMPLATE_API) == 1
+
+
+async def test_a_replacement_token_rejected_too_leaves_the_key_usable(env: Env) -> None:
+    """40001 twice: one replacement, no third call, and WeChat never judged the message."""
+    await env.template("warm-up")  # a token is cached
+    env.sim.add_fault(TEMPLATE_API, errcode=40001, times=2)
+    refused = await failure(env.template("token-twice"))
+    assert error_info(refused)[0] == "TOKEN_UNAVAILABLE"
+    assert "replacement" in (refused.details() or "")
+    assert env.calls(TEMPLATE_API) == 3  # the warm-up, then one try with each token
+    delivery = await env.template("token-twice")  # the same key sends once WeChat agrees
+    assert delivery.status == pb.DELIVERY_STATUS_SENT
+    assert len(env.sim.sent(env.oa)) == 2
 
 
 async def test_invalid_requests_never_reach_wechat(env: Env) -> None:

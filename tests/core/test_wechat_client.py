@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from wxplatform.core.adapters.wechat_client import WeChatClient
+from wxplatform.clock import SystemClock
+from wxplatform.core.adapters.wechat_client import Call, WeChatClient
 from wxplatform.errors import WeChatUnavailable
 
 
@@ -36,7 +37,7 @@ def stuck_listener() -> Iterator[int]:
 
 async def test_a_send_that_never_connected_is_not_an_unknown_outcome(stuck_listener: int) -> None:
     """Short deadlines too: the connect timeout ends first, so nothing counts as sent."""
-    client = WeChatClient(f"http://127.0.0.1:{stuck_listener}")
+    client = WeChatClient(f"http://127.0.0.1:{stuck_listener}", SystemClock())
     try:
         started = time.monotonic()
         with pytest.raises(WeChatUnavailable):
@@ -45,8 +46,18 @@ async def test_a_send_that_never_connected_is_not_an_unknown_outcome(stuck_liste
                 {"access_token": "t"},
                 {"touser": "o"},
                 deadline=time.monotonic() + 1.0,
-                is_send=True,
+                call=Call.SEND,
             )
         assert time.monotonic() - started < 5  # the deadline (1 s), with room for a slow box
     finally:
         await client.close()
+
+
+async def test_a_closed_client_refuses_calls_instead_of_opening_a_new_pool(
+    stuck_listener: int,
+) -> None:
+    client = WeChatClient(f"http://127.0.0.1:{stuck_listener}", SystemClock())
+    await client.close()
+    with pytest.raises(WeChatUnavailable, match="closed"):
+        await client.get("/cgi-bin/ticket/getticket", {}, deadline=time.monotonic() + 1.0)
+    await client.close()  # closing twice is harmless

@@ -30,10 +30,13 @@ def test_errcode_classes() -> None:
     assert classify(-1).retry == "backoff"
     assert {classify(code).retry for code in (40001, 40014, 42001)} == {"token"}
     assert classify(40001, token_endpoint=True).reason == "APP_CREDENTIALS_REJECTED"
-    for code in (40003, 40037, 43004, 43101, 45009, 45015, 45047, 47003):
+    for code in (40003, 40037, 43004, 43101, 45015, 45047, 47003):
         assert classify(code).retry == "never", code
+        assert classify(code).judges_request, code
         assert classify(code).reason in reasons(), code
     assert classify(45011).retry == "later"
+    assert classify(45009).retry == "reset"
+    assert not any(classify(code).judges_request for code in (-1, 40001, 45009, 45011))
     assert classify(99999).reason == "WECHAT_ERROR"
 
 

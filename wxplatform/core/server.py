@@ -135,7 +135,7 @@ async def create_server(
         background=background,
     )
     clock = clock or SystemClock()
-    wechat = WeChatClient(settings.wechat.api_base)
+    wechat = WeChatClient(settings.wechat.api_base, clock)
     tokens = TokenService(
         settings.apps,
         wechat,
@@ -152,7 +152,7 @@ async def create_server(
     messaging = MessagingService(
         settings.apps, messages, wechat, tokens, clock, background=background
     )
-    ingress = IngressService(settings.apps, store, clock, results=messaging)
+    ingress = IngressService(settings.apps, store, clock, results=messaging.results)
     event_log = EventLog(redis_client, retention=settings.core.event_retention)
     events = EventService(
         settings.apps,

@@ -1,12 +1,16 @@
 """WeChat's errcodes as data: what each means for wxplatform and whether to retry.
 
-PROTOCOL.md §6. `retry` is one of:
+docs/wechat.md §6. `retry` is one of:
 
 - `backoff`: transient on WeChat's side; retry with jittered backoff inside the deadline.
 - `token`: the access token was rejected; invalidate it (only if still current) and
   retry once with the new one.
 - `later`: a rate limit; the caller may retry after a delay (reported with RetryInfo).
+- `reset`: a daily quota; the caller may retry after WeChat's daily reset.
 - `never`: a policy or input error; retrying cannot help.
+
+`later`, `reset` and `token` refuse the call before WeChat considered what it asked
+for (nothing was sent or changed); only `never` is a verdict on the request itself.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Errcode", "classify", "split_rid"]
+__all__ = ["DAILY_QUOTA", "DUPLICATE_CLIENT_MSG_ID", "Errcode", "Retry", "classify", "split_rid"]
 
-Retry = Literal["backoff", "token", "later", "never"]
+Retry = Literal["backoff", "token", "later", "reset", "never"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,14 @@ class Errcode:
     reason: str
     retry: Retry
 
+    @property
+    def judges_request(self) -> bool:
+        """Whether WeChat refused what the call asked for, not the call itself."""
+        return self.retry == "never"
+
+
+DAILY_QUOTA = 45009  # the API's daily call quota is used up
+DUPLICATE_CLIENT_MSG_ID = 45065  # a send with this client_msg_id went out before: a success
 
 _TABLE: dict[int, Errcode] = {
     -1: Errcode("WECHAT_UNAVAILABLE", "backoff"),
@@ -49,7 +61,7 @@ _TABLE: dict[int, Errcode] = {
     43019: Errcode("USER_BLOCKED", "never"),
     43101: Errcode("SUBSCRIBE_CONSENT_MISSING", "never"),
     45008: Errcode("TOO_MANY_ARTICLES", "never"),
-    45009: Errcode("WECHAT_DAILY_QUOTA_EXHAUSTED", "never"),
+    45009: Errcode("WECHAT_DAILY_QUOTA_EXHAUSTED", "reset"),
     45011: Errcode("WECHAT_RATE_LIMITED", "later"),
     45015: Errcode("WINDOW_CLOSED", "never"),
     45047: Errcode("WINDOW_QUOTA_EXHAUSTED", "never"),

@@ -11,16 +11,16 @@ change nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from wxplatform.core.adapters.redis_keys import app_key
+from wxplatform.core.adapters import redis_keys
+from wxplatform.core.model import StoredCredential
 from wxplatform.errors import StoreUnavailable
 
-__all__ = ["CredentialStore", "StoredCredential"]
+__all__ = ["CredentialStore"]
 
 # KEYS: lock, fence counter. ARGV: lock ttl ms. → fence, or 0 when someone holds the lock.
 _ACQUIRE = """
@@ -81,15 +81,6 @@ return 0
 """
 
 
-@dataclass(frozen=True)
-class StoredCredential:
-    """A credential as stored: its value, expiry and writer's fence."""
-
-    value: str = field(repr=False)
-    expires_ms: int
-    fence: int
-
-
 class CredentialStore:
     """Locks, fenced writes and compare-and-set invalidation for one kind of credential."""
 
@@ -105,9 +96,9 @@ class CredentialStore:
 
     def _keys(self, app_id: str) -> tuple[str, str, str]:
         return (
-            app_key(app_id, self._kind),
-            app_key(app_id, self._kind, "lock"),
-            app_key(app_id, self._kind, "fence"),
+            redis_keys.credential(app_id, self._kind),
+            redis_keys.credential_lock(app_id, self._kind),
+            redis_keys.credential_fence(app_id, self._kind),
         )
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -156,5 +147,5 @@ class CredentialStore:
         0: allowed (and recorded); -1: the daily cap is reached; else the milliseconds
         until the minimum gap since the last forced refresh has passed.
         """
-        key = app_key(app_id, self._kind, "force")
+        key = redis_keys.forced_refreshes(app_id, self._kind)
         return int(await self._run(self._force, [key], [now_ms, day, gap_ms, per_day]))

@@ -13,28 +13,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
+from wxplatform.core.adapters import redis_keys
 from wxplatform.core.adapters.redis_client import own_pool
-from wxplatform.core.adapters.redis_keys import app_key
+from wxplatform.core.model import StoredEvent
 from wxplatform.errors import StoreUnavailable
 
-__all__ = ["EventLog", "StoredEvent"]
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    """One entry of an app's stream as delivered to a group."""
-
-    event_id: str
-    message: bytes
-    msg_type: str
-    event: str
-    delivery_count: int
+__all__ = ["EventLog"]
 
 
 def _text(value: Any) -> str:
@@ -166,7 +155,7 @@ class EventLog:
         """Create the group (and the stream) unless it exists."""
         try:
             await self._redis.xgroup_create(
-                app_key(app_id, "events"), group, id="0" if from_start else "$", mkstream=True
+                redis_keys.events(app_id), group, id="0" if from_start else "$", mkstream=True
             )
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
@@ -192,10 +181,10 @@ class EventLog:
         count as in flight until the next full claim).
         """
         keys = [
-            app_key(app_id, "events"),
-            app_key(app_id, "events", "consumers", group),
-            app_key(app_id, "events", "seen", group),
-            app_key(app_id, "events", "dead"),
+            redis_keys.events(app_id),
+            redis_keys.consumer_timeouts(app_id, group),
+            redis_keys.consumers_seen(app_id, group),
+            redis_keys.dead_letters(app_id),
         ]
         args: list[str | int] = [
             group,
@@ -227,7 +216,7 @@ class EventLog:
         self, app_id: str, group: str, consumer: str, *, count: int, block_ms: int
     ) -> list[StoredEvent]:
         """Events never delivered to the group, waiting up to `block_ms` for some."""
-        stream = app_key(app_id, "events")
+        stream = redis_keys.events(app_id)
         read: asyncio.Future[Any] = asyncio.ensure_future(
             self._reader.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
         )
@@ -252,7 +241,7 @@ class EventLog:
         if not event_ids:
             return 0
         try:
-            return int(await self._redis.xack(app_key(app_id, "events"), group, *event_ids))
+            return int(await self._redis.xack(redis_keys.events(app_id), group, *event_ids))
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 return 0

@@ -24,24 +24,29 @@ keeps the expiry and never recreates an expired record.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import hashlib
+import re
+import secrets
+from dataclasses import replace
 from typing import Any, cast
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from wxplatform.background import Background
-from wxplatform.core.adapters.redis_keys import app_key
+from wxplatform.core.adapters import redis_keys, windows
 from wxplatform.core.adapters.script_batch import ScriptBatcher
+from wxplatform.core.model import Begun, Claim, ClaimState, SendResult
 from wxplatform.errors import StoreUnavailable
 
-__all__ = ["Begun", "MessageStore", "SendResult"]
+__all__ = ["MessageStore", "is_delivery_id", "new_delivery_id"]
 
 # KEYS: idempotency, circuit, rate counter, window hash ("" = no window check).
 # ARGV: request digest, delivery id, idempotency ttl ms, pending ttl ms, rate limit,
 #       now ms.
-_BEGIN = """
+_BEGIN = (
+    windows.LUA
+    + """
 local seen = redis.call('GET', KEYS[1])
 if seen then
   local kind, digest, rest = string.match(seen, '^(%a+):(%x+):(.*)$')
@@ -61,45 +66,27 @@ if count > tonumber(ARGV[5]) then
   return {'rate', tostring(1000 - tonumber(ARGV[6]) % 1000)}
 end
 if KEYS[4] == '' then return {'go', ''} end
-local fields = redis.call('HGETALL', KEYS[4])
-local best, best_expiry, any_open = nil, nil, false
-for i = 1, #fields, 2 do
-  local name = fields[i]
-  if not string.find(name, ':', 1, true) then
-    local expiry, quota = string.match(fields[i + 1], '^(%d+):(%d+)$')
-    expiry, quota = tonumber(expiry), tonumber(quota)
-    if expiry and expiry > tonumber(ARGV[6]) then
-      any_open = true
-      local used = tonumber(redis.call('HGET', KEYS[4], name .. ':used') or '0')
-      if used < quota and (best_expiry == nil or expiry < best_expiry) then
-        best, best_expiry = name, expiry
-      end
-    end
-  end
-end
-if not best then
+local unit, any_open = window_take(KEYS[4], tonumber(ARGV[6]))
+if not unit then
   redis.call('DEL', KEYS[1])
   if any_open then return {'exhausted'} end
   return {'closed'}
 end
-redis.call('HINCRBY', KEYS[4], best .. ':used', 1)
-return {'go', best}
+return {'go', unit}
 """
+)
 
 # KEYS: idempotency, delivery record, msgid index ("" = none), window hash ("" = none),
 #       early result of the msgid ("" = none).
 # ARGV: request digest, delivery id, record bytes, idempotency ttl ms, record ttl ms,
 #       window kind to refund ("" = keep).
 # Returns the early result parked for the msgid (taken), or nil.
-_FINISH = """
+_FINISH = (
+    windows.LUA
+    + """
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
 redis.call('SET', KEYS[1], 'done:' .. ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[4])
-if KEYS[4] ~= '' and ARGV[6] ~= '' then
-  -- Never below zero (a new interaction may have reset the count meanwhile), and never
-  -- recreating an expired window.
-  local used = tonumber(redis.call('HGET', KEYS[4], ARGV[6] .. ':used') or '0')
-  if used > 0 then redis.call('HINCRBY', KEYS[4], ARGV[6] .. ':used', -1) end
-end
+if KEYS[4] ~= '' and ARGV[6] ~= '' then window_refund(KEYS[4], ARGV[6]) end
 if KEYS[3] == '' then return false end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
 -- From here on results find the record through the index; one that came earlier was
@@ -108,6 +95,7 @@ local early = redis.call('GET', KEYS[5])
 if early then redis.call('DEL', KEYS[5]) end
 return early
 """
+)
 
 # KEYS: msgid index, early result of the msgid. ARGV: result, early ttl ms.
 # Returns the delivery id, or nil after parking the result for `finish` to take.
@@ -130,54 +118,29 @@ return {1}
 """
 
 # KEYS: idempotency, window hash. ARGV: request digest, delivery id, window kind.
-_RELEASE = """
+_RELEASE = (
+    windows.LUA
+    + """
 if redis.call('GET', KEYS[1]) == 'pending:' .. ARGV[1] .. ':' .. ARGV[2] then
   redis.call('DEL', KEYS[1])
 end
-if KEYS[2] ~= '' and ARGV[3] ~= '' then
-  local used = tonumber(redis.call('HGET', KEYS[2], ARGV[3] .. ':used') or '0')
-  if used > 0 then redis.call('HINCRBY', KEYS[2], ARGV[3] .. ':used', -1) end
-end
+if KEYS[2] ~= '' and ARGV[3] ~= '' then window_refund(KEYS[2], ARGV[3]) end
 return 1
 """
+)
 
 
-@dataclass(frozen=True)
-class Begun:
-    """The verdict of `begin` (or of `peek`).
-
-    `state`: `go` (send now; `window` is the unit taken), `done` or `pending` (an earlier
-    request with this key; `delivery_id` names it), `reused`, `circuit`, `rate`, `closed`,
-    `exhausted`; `peek` also answers `free` (nobody holds the key). `wait_ms` tells how
-    long the circuit or rate limit still holds.
-    """
-
-    state: str
-    delivery_id: str = ""
-    window: str = ""
-    wait_ms: int = 0
+_DELIVERY_ID = re.compile(r"d[0-9a-f]{24}")
 
 
-@dataclass(frozen=True)
-class SendResult:
-    """What a result event reports about a send.
+def new_delivery_id() -> str:
+    """A fresh delivery id: "d" and 24 hex digits."""
+    return "d" + secrets.token_hex(12)
 
-    `status` is a `DeliveryStatus` number; `errcode` and `errmsg` are WeChat's.
-    """
 
-    status: int
-    errcode: int
-    errmsg: str
-
-    def dump(self) -> str:
-        """The parked form."""
-        return json.dumps([self.status, self.errcode, self.errmsg], ensure_ascii=False)
-
-    @classmethod
-    def load(cls, value: Any) -> SendResult:
-        """The parked form back."""
-        status, errcode, errmsg = json.loads(value)
-        return cls(int(status), int(errcode), str(errmsg))
+def is_delivery_id(value: str) -> bool:
+    """Whether `value` has the form `new_delivery_id` gives (only such ids name a record)."""
+    return _DELIVERY_ID.fullmatch(value) is not None
 
 
 def _text(value: Any) -> str:
@@ -214,9 +177,23 @@ class MessageStore:
         self._early_ms = self._pending_ms
 
     @staticmethod
-    def idempotency_key(app_id: str, caller: str, key_digest: str) -> str:
-        """The Redis key of one caller's idempotency key."""
-        return app_key(app_id, "idem", caller, key_digest)
+    def claim(
+        app_id: str, caller: str, idempotency_key: str, request: bytes, *, window_openid: str = ""
+    ) -> Claim:
+        """A new claim on one caller's idempotency key for `request` (its serialized form).
+
+        The key is stored by its hash (callers choose it, and it may be long); the request
+        by its digest, so the same key with another request is told apart as a reuse.
+        """
+        key_sha256 = hashlib.sha256(idempotency_key.encode()).hexdigest()[:40]
+        return Claim(
+            app_id=app_id,
+            idempotency_key=idempotency_key,
+            key=redis_keys.idempotency(app_id, caller, key_sha256),
+            digest=hashlib.sha256(request).hexdigest(),
+            delivery_id=new_delivery_id(),
+            window_openid=window_openid,
+        )
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -224,103 +201,86 @@ class MessageStore:
         except RedisError as exc:
             raise StoreUnavailable("message store unreachable") from exc
 
-    async def begin(
-        self,
-        app_id: str,
-        idem_key: str,
-        *,
-        digest: str,
-        delivery_id: str,
-        api: str,
-        rate_limit: int,
-        window_openid: str | None,
-        now_ms: int,
-    ) -> Begun:
+    async def begin(self, claim: Claim, *, api: str, rate_limit: int, now_ms: int) -> Begun:
         """Claim, check the circuit and the rate limit, take a window unit."""
+        app_id = claim.app_id
         keys = [
-            idem_key,
-            app_key(app_id, "circuit", api),
-            app_key(app_id, "rate", str(now_ms // 1000)),
-            app_key(app_id, "window", window_openid) if window_openid else "",
+            claim.key,
+            redis_keys.circuit(app_id, api),
+            redis_keys.rate(app_id, now_ms // 1000),
+            redis_keys.window(app_id, claim.window_openid) if claim.window_openid else "",
         ]
-        args = [digest, delivery_id, self._idem_ms, self._pending_ms, rate_limit, now_ms]
+        args = [
+            claim.digest,
+            claim.delivery_id,
+            self._idem_ms,
+            self._pending_ms,
+            rate_limit,
+            now_ms,
+        ]
         reply = [_text(v) for v in cast(list[Any], await self._run(self._begin, keys, args))]
-        state, extra = reply[0], reply[1] if len(reply) > 1 else ""
-        if state in ("done", "pending"):
-            return Begun(state, delivery_id=extra)
-        if state in ("circuit", "rate"):
-            return Begun(state, wait_ms=int(extra))
-        return Begun(state, window=extra)
+        state, extra = ClaimState(reply[0]), reply[1] if len(reply) > 1 else ""
+        if state in (ClaimState.DONE, ClaimState.PENDING):
+            return Begun(state, claim, delivery_id=extra)
+        if state in (ClaimState.CIRCUIT, ClaimState.RATE):
+            return Begun(state, claim, wait_ms=int(extra))
+        if state is ClaimState.GO:
+            return Begun(state, replace(claim, window=extra))
+        return Begun(state, claim)
 
     async def finish(
-        self,
-        app_id: str,
-        idem_key: str,
-        *,
-        digest: str,
-        delivery_id: str,
-        record: bytes,
-        msgid: str,
-        window_openid: str | None,
-        refund: str,
+        self, claim: Claim, *, record: bytes, msgid: str, refund: bool
     ) -> SendResult | None:
-        """Store the record (and msgid index), mark the key done, refund an unused unit.
+        """Store the record (and msgid index), mark the key done, refund the window unit
+        when `refund` (the message was not sent).
 
         Returns the result event that arrived for `msgid` before this (taken from
         Redis: the caller applies it to the record with `replace_record`), or None.
         """
+        app_id = claim.app_id
+        refunded = claim.window if refund else ""
         keys = [
-            idem_key,
-            app_key(app_id, "delivery", delivery_id),
-            app_key(app_id, "delivery", "msgid", msgid) if msgid else "",
-            app_key(app_id, "window", window_openid) if window_openid and refund else "",
-            self._early_key(app_id, msgid) if msgid else "",
+            claim.key,
+            redis_keys.delivery(app_id, claim.delivery_id),
+            redis_keys.delivery_by_msgid(app_id, msgid) if msgid else "",
+            redis_keys.window(app_id, claim.window_openid) if refunded else "",
+            redis_keys.early_result(app_id, msgid) if msgid else "",
         ]
-        args = [digest, delivery_id, record, self._idem_ms, self._record_ms, refund]
+        args = [claim.digest, claim.delivery_id, record, self._idem_ms, self._record_ms, refunded]
         # Shielded: the record must be written even if the caller's deadline cancels us,
         # or a retry with the same key could send the message a second time.
         early = await self._background.shielded(self._run(self._finish, keys, args))
         return SendResult.load(early) if early is not None else None
 
-    async def peek(self, idem_key: str, digest: str) -> Begun:
-        """Who holds an idempotency key now: `pending`, `done`, `reused` or `free`."""
+    async def peek(self, claim: Claim) -> Begun:
+        """Who holds the claim's idempotency key now: PENDING, DONE, REUSED or FREE."""
         try:
-            seen = await self._redis.get(idem_key)
+            seen = await self._redis.get(claim.key)
         except RedisError as exc:
             raise StoreUnavailable("message store unreachable") from exc
         if seen is None:
-            return Begun("free")
+            return Begun(ClaimState.FREE, claim)
         # The value `begin` and `finish` write: `<pending|done>:<digest>:<delivery id>`.
         state, held_digest, delivery_id = _text(seen).split(":", 2)
-        if held_digest != digest:
-            return Begun("reused")
-        return Begun(state, delivery_id=delivery_id)
+        if held_digest != claim.digest:
+            return Begun(ClaimState.REUSED, claim)
+        return Begun(ClaimState(state), claim, delivery_id=delivery_id)
 
-    async def release(
-        self,
-        app_id: str,
-        idem_key: str,
-        *,
-        digest: str,
-        delivery_id: str,
-        window_openid: str | None,
-        window: str,
-    ) -> None:
+    async def release(self, claim: Claim) -> None:
         """Forget a claim whose message was certainly not sent (refunding its unit)."""
         keys = [
-            idem_key,
-            app_key(app_id, "window", window_openid) if window_openid and window else "",
+            claim.key,
+            redis_keys.window(claim.app_id, claim.window_openid) if claim.window else "",
         ]
-        await self._background.shielded(
-            self._run(self._release, keys, [digest, delivery_id, window])
-        )
+        args = [claim.digest, claim.delivery_id, claim.window]
+        await self._background.shielded(self._run(self._release, keys, args))
 
     async def trip_circuit(self, app_id: str, api: str, until_ms: int, now_ms: int) -> None:
         """Stop calling `api` for this app until `until_ms` (WeChat's daily quota is gone)."""
         try:
             # The value is the end (the service's clock); the TTL only cleans up.
             await self._redis.set(
-                app_key(app_id, "circuit", api), until_ms, px=max(until_ms - now_ms, 1000) + 60_000
+                redis_keys.circuit(app_id, api), until_ms, px=max(until_ms - now_ms, 1000) + 60_000
             )
         except RedisError as exc:
             raise StoreUnavailable("message store unreachable") from exc
@@ -329,7 +289,7 @@ class MessageStore:
         """A stored delivery record."""
         try:
             return cast(
-                bytes | None, await self._redis.get(app_key(app_id, "delivery", delivery_id))
+                bytes | None, await self._redis.get(redis_keys.delivery(app_id, delivery_id))
             )
         except RedisError as exc:
             raise StoreUnavailable("message store unreachable") from exc
@@ -340,7 +300,10 @@ class MessageStore:
         A parked result is handed to `finish` when it indexes `msgid`, or expires unused
         (a msgid we never sent, or a send whose record was never written).
         """
-        keys = [app_key(app_id, "delivery", "msgid", msgid), self._early_key(app_id, msgid)]
+        keys = [
+            redis_keys.delivery_by_msgid(app_id, msgid),
+            redis_keys.early_result(app_id, msgid),
+        ]
         found = await self._run(self._locate_or_park, keys, [result.dump(), self._early_ms])
         return _text(found) if found is not None else None
 
@@ -352,13 +315,9 @@ class MessageStore:
         Returns (True, `record`) when it was `expected` and is now `record`; otherwise
         (False, what it is now), None when it is gone: an expired record stays gone.
         """
-        keys = [app_key(app_id, "delivery", delivery_id)]
+        keys = [redis_keys.delivery(app_id, delivery_id)]
         reply = cast(list[Any], await self._run(self._replace, keys, [expected, record]))
         outcome = int(reply[0])
         if outcome == 1:
             return True, record
         return False, cast(bytes, reply[1]) if outcome == -1 else None
-
-    @staticmethod
-    def _early_key(app_id: str, msgid: str) -> str:
-        return app_key(app_id, "delivery", "early", msgid)

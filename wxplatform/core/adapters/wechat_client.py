@@ -3,40 +3,48 @@
 The client is aiohttp's: its C HTTP parser and simple pool cost about a tenth of the
 CPU per call that httpx did under concurrent load (≈ 0.3 ms against ≈ 3 ms here).
 
-Retry policy by error class, always inside the caller's deadline:
+Every call names its `Call` kind, which decides what may be retried. Retry policy by
+error class, always inside the caller's deadline:
 
 - not sent (connection refused or timed out, pool exhausted): retry with backoff;
 - errcode -1 ("system error": WeChat did not act): retry with backoff;
 - sent but no answer (read timeout, connection reset), a gateway's 5xx, or an answer
-  that is not WeChat's JSON: the outcome is unknown. A call marked `idempotent` (reads,
-  token fetches, template sends, which WeChat deduplicates by `client_msg_id`) is
-  retried; any other send is not — it raises `WeChatOutcomeUnknown`, so the caller
-  records it rather than risk delivering twice;
-- any other errcode: raised at once as `WeChatRefused` (the caller handles token errors).
+  that is not WeChat's JSON: the outcome is unknown. A resendable call (reads, token
+  fetches, sends WeChat deduplicates by `client_msg_id`) is retried; any other call is
+  not — it raises `WeChatOutcomeUnknown`, so the caller records it rather than risk
+  delivering twice;
+- any other errcode: raised at once as `WeChatRefused`, classified here and only here
+  (`CredentialsRefused` from a token endpoint), with RetryInfo for rate limits and
+  daily quotas; the caller handles token errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from wxplatform.clock import Clock
 from wxplatform.core import metrics
 from wxplatform.errors import (
+    CredentialsRefused,
     WeChatBadResponse,
     WeChatOutcomeUnknown,
     WeChatRefused,
     WeChatUnavailable,
 )
-from wxplatform.wechat.errcodes import classify, split_rid
+from wxplatform.wechat.daily import next_reset
+from wxplatform.wechat.errcodes import Errcode, classify, split_rid
 
-__all__ = ["WeChatClient"]
+__all__ = ["Call", "WeChatClient"]
 
 log = logging.getLogger("wxplatform.core.wechat")
 
@@ -47,6 +55,41 @@ _BACKOFF_CAP = 1.0
 _MAX_ATTEMPTS = 4
 _MAX_CONNECTIONS = 200
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
+
+
+class Call(enum.Enum):
+    """What a call does at WeChat, which decides whether it may be sent twice."""
+
+    READ = enum.auto()  # changes nothing: resent freely
+    TOKEN = enum.auto()  # a token endpoint in normal mode: hands out the current token
+    FORCED_TOKEN = enum.auto()  # replaces the token: never resent once it may have arrived
+    SEND = enum.auto()  # delivers a message: never resent once it may have arrived
+    DEDUPED_SEND = enum.auto()  # a send WeChat deduplicates (client_msg_id): resent
+
+    @property
+    def resendable(self) -> bool:
+        """Whether a second attempt is safe after one may have reached WeChat."""
+        return self in (Call.READ, Call.TOKEN, Call.DEDUPED_SEND)
+
+    @property
+    def token_endpoint(self) -> bool:
+        """Whether the call asks for a token (40001 then means a wrong AppSecret)."""
+        return self in (Call.TOKEN, Call.FORCED_TOKEN)
+
+    @property
+    def delivers(self) -> bool:
+        """Whether the call sends a message (spent retries may leave its outcome unknown)."""
+        return self in (Call.SEND, Call.DEDUPED_SEND)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """An errcode answer, as parsed: raised by `_call`, which knows the earlier attempts."""
+
+    errcode: int
+    errmsg: str
+    rid: str
+    kind: Errcode
 
 
 class _Retry(Exception):
@@ -60,11 +103,16 @@ class _Retry(Exception):
 class WeChatClient:
     """Calls `api_base` + path with JSON in UTF-8 (WeChat rejects `\\u` escapes: 40033)."""
 
-    def __init__(self, api_base: str) -> None:
+    def __init__(self, api_base: str, clock: Clock) -> None:
         self._base = api_base.rstrip("/")
+        self._clock = clock  # for RetryInfo up to WeChat's daily reset
         self._session: aiohttp.ClientSession | None = None  # made on first use, in a loop
+        self._closed = False
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # A call after close() would open a new pool that nobody closes.
+            raise WeChatUnavailable("the WeChat client is closed (core is stopping)")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, ttl_dns_cache=60),
@@ -78,24 +126,17 @@ class WeChatClient:
         return self._session
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool; later calls are refused."""
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def get(
-        self, path: str, params: Mapping[str, str], *, deadline: float, token_endpoint: bool = False
+        self, path: str, params: Mapping[str, str], *, deadline: float, call: Call = Call.READ
     ) -> dict[str, Any]:
-        """GET a read-only or token endpoint (always safe to retry)."""
-        return await self._call(
-            "GET",
-            path,
-            params,
-            None,
-            deadline=deadline,
-            idempotent=True,
-            token_endpoint=token_endpoint,
-        )
+        """GET a read-only or token endpoint."""
+        return await self._call("GET", path, params, None, deadline=deadline, call=call)
 
     async def post(
         self,
@@ -104,26 +145,12 @@ class WeChatClient:
         body: Mapping[str, Any],
         *,
         deadline: float,
-        idempotent: bool = False,
-        token_endpoint: bool = False,
-        is_send: bool = False,
+        call: Call,
     ) -> dict[str, Any]:
-        """POST JSON; a send (`idempotent=False`) is never re-sent once it may have arrived.
-
-        `is_send`: when the retries run out after an attempt that may have reached
-        WeChat, the outcome is reported as unknown rather than as unavailable.
-        """
+        """POST JSON; a call that is not `resendable` is never re-sent once it may have
+        arrived."""
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        return await self._call(
-            "POST",
-            path,
-            params,
-            content,
-            deadline=deadline,
-            idempotent=idempotent,
-            token_endpoint=token_endpoint,
-            is_send=is_send,
-        )
+        return await self._call("POST", path, params, content, deadline=deadline, call=call)
 
     async def _call(
         self,
@@ -133,9 +160,7 @@ class WeChatClient:
         content: bytes | None,
         *,
         deadline: float,
-        idempotent: bool,
-        token_endpoint: bool,
-        is_send: bool = False,
+        call: Call,
     ) -> dict[str, Any]:
         """`deadline` is a `time.monotonic()` instant."""
         delay = _BACKOFF_START
@@ -146,20 +171,15 @@ class WeChatClient:
             if remaining <= 0.01:
                 break
             try:
-                return await self._attempt(
-                    method,
-                    path,
-                    params,
-                    content,
-                    remaining=remaining,
-                    idempotent=idempotent,
-                    token_endpoint=token_endpoint,
+                answer = await self._attempt(
+                    method, path, params, content, remaining=remaining, call=call
                 )
             except _Retry as retry:
                 last, maybe_sent = retry.error, maybe_sent or retry.maybe_sent
-            except WeChatRefused as refusal:
-                refusal.after_possible_send = maybe_sent
-                raise
+            else:
+                if isinstance(answer, _Refusal):
+                    raise self._refused(path, answer, call, after_possible_send=maybe_sent)
+                return answer
             if attempt < _MAX_ATTEMPTS:
                 pause = min(
                     delay * random.uniform(0.5, 1.5),  # noqa: S311 - jitter, not crypto
@@ -167,9 +187,34 @@ class WeChatClient:
                 )
                 await asyncio.sleep(pause)
                 delay = min(delay * 2, _BACKOFF_CAP)
-        if is_send and maybe_sent:
+        if call.delivers and maybe_sent:
             raise WeChatOutcomeUnknown(f"{last}; an attempt may have reached WeChat")
         raise last or WeChatUnavailable("no time left to call WeChat")
+
+    def _refused(
+        self, path: str, answer: _Refusal, call: Call, *, after_possible_send: bool
+    ) -> WeChatRefused:
+        """The typed refusal of an errcode answer: its reason, retry class and RetryInfo."""
+        kind = answer.kind
+        log.info(
+            "wechat refused", extra={"api": path, "errcode": answer.errcode, "rid": answer.rid}
+        )
+        retry_after = None
+        if kind.retry == "later":
+            retry_after = 60.0
+        elif kind.retry == "reset":
+            now = self._clock.now()
+            retry_after = max(next_reset(now) - now, 1.0)
+        refusal = CredentialsRefused if call.token_endpoint else WeChatRefused
+        return refusal(
+            kind.reason,
+            answer.errcode,
+            answer.errmsg,
+            answer.rid,
+            retry=kind.retry,
+            retry_after=retry_after,
+            after_possible_send=after_possible_send,
+        )
 
     async def _attempt(
         self,
@@ -179,12 +224,12 @@ class WeChatClient:
         content: bytes | None,
         *,
         remaining: float,
-        idempotent: bool,
-        token_endpoint: bool,
-    ) -> dict[str, Any]:
-        """One attempt: WeChat's JSON, `_Retry` when another attempt may help, or an error.
+        call: Call,
+    ) -> dict[str, Any] | _Refusal:
+        """One attempt: WeChat's JSON or its refusal, `_Retry` when another attempt may
+        help, or an error.
 
-        Once the request may have reached WeChat, a call that is not idempotent ends
+        Once the request may have reached WeChat, a call that is not resendable ends
         with `WeChatOutcomeUnknown` instead of being tried again.
         """
         started = time.monotonic()
@@ -200,16 +245,16 @@ class WeChatClient:
             # Sent, or possibly sent: no (complete) answer — read timeout, reset,
             # disconnect, a broken response.
             self._observe(path, "no_answer", started)
-            if not idempotent:
+            if not call.resendable:
                 raise WeChatOutcomeUnknown(
                     f"no answer from WeChat after sending ({exc.__class__.__name__})"
                 ) from None
             error = WeChatUnavailable(f"no answer from WeChat: {exc.__class__.__name__}")
             raise _Retry(error, maybe_sent=True) from None
         try:
-            result = self._parse(path, status, body, started, token_endpoint)
+            result = self._parse(path, status, body, started, call)
         except WeChatBadResponse as exc:
-            if not idempotent:  # the request was answered: it may have acted
+            if not call.resendable:  # the request was answered: it may have acted
                 raise WeChatOutcomeUnknown(exc.message) from None
             # Most likely a gateway's page in front of WeChat: transient, and safe to
             # resend here, though the request may have acted.
@@ -218,7 +263,7 @@ class WeChatClient:
             return result
         if status < 500:  # errcode -1
             raise _Retry(WeChatUnavailable("WeChat busy (errcode -1)"), maybe_sent=False)
-        if not idempotent:
+        if not call.resendable:
             # A gateway error after the request went out: WeChat may have acted, and
             # resending could deliver twice.
             raise WeChatOutcomeUnknown(f"WeChat answered HTTP {status}")
@@ -252,9 +297,10 @@ class WeChatClient:
             return response.status, await response.read()
 
     def _parse(
-        self, path: str, status: int, body: bytes, started: float, token_endpoint: bool
-    ) -> dict[str, Any] | None:
-        """The JSON body; None for a transient failure worth retrying."""
+        self, path: str, status: int, body: bytes, started: float, call: Call
+    ) -> dict[str, Any] | _Refusal | None:
+        """The JSON body, or the refusal it holds; None for a transient failure worth
+        retrying."""
         if status >= 500:
             self._observe(path, "http_5xx", started)
             return None
@@ -270,15 +316,12 @@ class WeChatClient:
         if not isinstance(errcode, int) or errcode == 0:
             self._observe(path, "ok", started)
             return data
-        errmsg, rid = split_rid(str(data.get("errmsg", "")))
-        kind = classify(errcode, token_endpoint=token_endpoint)
         self._observe(path, f"errcode_{errcode}", started)
+        kind = classify(errcode, token_endpoint=call.token_endpoint)
         if kind.retry == "backoff":
             return None
-        log.info("wechat refused", extra={"api": path, "errcode": errcode, "rid": rid})
-        raise WeChatRefused(
-            kind.reason, errcode, errmsg, rid, retry_after=60.0 if kind.retry == "later" else None
-        )
+        errmsg, rid = split_rid(str(data.get("errmsg", "")))
+        return _Refusal(errcode, errmsg, rid, kind)
 
     @staticmethod
     def _observe(path: str, outcome: str, started: float) -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
-from wxplatform.core.adapters.credential_store import CredentialStore, StoredCredential
+from wxplatform.core.adapters.credential_store import CredentialStore
+from wxplatform.core.model import StoredCredential
 from wxplatform.errors import TokenUnavailable, WxPlatformError
 
 __all__ = ["Credential", "CredentialManager", "Fetch", "StillCurrent"]

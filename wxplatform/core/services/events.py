@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from wxplatform.config import AppConfig
-from wxplatform.core.adapters.event_log import EventLog, StoredEvent
+from wxplatform.core.adapters.event_log import EventLog
+from wxplatform.core.model import StoredEvent
 from wxplatform.errors import AppNotFound, FieldViolation, InvalidRequest, ShuttingDown
 
 __all__ = ["EventService", "InvalidConsumerGroup", "Subscription"]

@@ -14,7 +14,8 @@ from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from acme.wxplatform.v1 import passive_reply_pb2 as pr
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
-from wxplatform.core.adapters.ingress_store import Accepted, IngressStore, ReplayCheck
+from wxplatform.core.adapters.ingress_store import IngressStore
+from wxplatform.core.model import Accepted, ReplayCheck
 from wxplatform.core.services.interactions import closes_windows, windows_opened_by
 from wxplatform.core.services.replies import choose_reply
 from wxplatform.errors import AppNotFound, FieldViolation, InvalidRequest, WxPlatformError

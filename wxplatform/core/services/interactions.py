@@ -1,4 +1,4 @@
-"""Which interactions open a customer-service window (PROTOCOL.md §5.3).
+"""Which interactions open a customer-service window (docs/wechat.md §5.3).
 
 Recorded here at ingress; enforced by messaging before any customer-service send. The
 latest interaction of a kind opens a fresh window of that kind with its full quota; an
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from acme.wxplatform.v1 import inbound_message_pb2 as inbound
 from wxplatform.config import AppConfig
-from wxplatform.core.adapters.ingress_store import WindowGrant
+from wxplatform.core.model import WindowGrant
 
 __all__ = ["closes_windows", "windows_opened_by"]
 

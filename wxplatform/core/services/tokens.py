@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
 from wxplatform.core.adapters.credential_store import CredentialStore
-from wxplatform.core.adapters.wechat_client import WeChatClient
+from wxplatform.core.adapters.wechat_client import Call, WeChatClient
 from wxplatform.core.services.credentials import Credential, CredentialManager, StillCurrent
 from wxplatform.errors import (
     AppKindMismatch,
@@ -22,6 +22,7 @@ from wxplatform.errors import (
     FieldViolation,
     InvalidRequest,
     TokenRefreshLimited,
+    TokenRejected,
     WeChatBadResponse,
     WeChatOutcomeUnknown,
     WeChatRefused,
@@ -29,7 +30,6 @@ from wxplatform.errors import (
     WxPlatformError,
 )
 from wxplatform.wechat.daily import day_number, next_reset
-from wxplatform.wechat.errcodes import classify
 from wxplatform.wechat.signature import jssdk_signature
 
 __all__ = ["JsSdkConfig", "TokenService"]
@@ -39,10 +39,9 @@ T = TypeVar("T")
 log = logging.getLogger("wxplatform.core.tokens")
 
 # stable_token force mode: WeChat ignores forced refreshes closer than 30 s and allows 20
-# a day (PROTOCOL.md §5.1). Counted per Beijing day, when WeChat's quotas reset.
+# a day (docs/wechat.md §5.1). Counted per Beijing day, when WeChat's quotas reset.
 _FORCE_GAP_MS = 30_000
 _FORCE_PER_DAY = 20
-_DAILY_QUOTA = 45009
 
 
 def _as_the_browser_reports(url: str) -> str:
@@ -148,16 +147,28 @@ class TokenService:
     async def with_token(
         self, app: AppConfig, call: Callable[[str], Awaitable[T]], *, deadline: float
     ) -> T:
-        """Run `call(access_token)`; if WeChat rejects the token, replace it and retry once."""
+        """Run `call(access_token)`; if WeChat rejects the token, replace it and retry once.
+
+        Raises `TokenRejected` when the replacement is rejected too, and what getting a
+        token raised (`CredentialsRefused`, …) when there was none: in neither case did
+        WeChat consider what `call` asked for. Any other refusal is `call`'s own.
+        """
         token = await self.tokens.get(app, deadline=deadline)
         try:
             return await call(token.value)
         except WeChatRefused as exc:
-            if classify(exc.errcode).retry != "token":
+            if exc.retry != "token":
                 raise
-        # Never loop: one retry with the replacement, whatever it answers.
+        # Never loop: one retry with the replacement.
         _, token = await self.tokens.invalidate(app, token.value, deadline=deadline)
-        return await call(token.value)
+        try:
+            return await call(token.value)
+        except WeChatRefused as exc:
+            if exc.retry != "token":
+                raise
+            raise TokenRejected(
+                f"WeChat rejected the replacement access token as well ({exc.errcode})"
+            ) from None
 
     async def js_sdk_config(self, app_id: str, url: str, *, deadline: float) -> JsSdkConfig:
         """The signed `wx.config` values for a page."""
@@ -174,14 +185,6 @@ class TokenService:
     async def _fetch_token(
         self, app: AppConfig, rejected: str | None, deadline: float
     ) -> tuple[str, int]:
-        try:
-            return await self._new_token(app, rejected, deadline)
-        except WeChatRefused as exc:
-            raise self._until_reset(exc) from None
-
-    async def _new_token(
-        self, app: AppConfig, rejected: str | None, deadline: float
-    ) -> tuple[str, int]:
         if app.token_mode == "classic":  # noqa: S105 - a mode name
             data = await self._wechat.get(
                 "/cgi-bin/token",
@@ -191,7 +194,7 @@ class TokenService:
                     "secret": app.app_secret.reveal(),
                 },
                 deadline=deadline,
-                token_endpoint=True,
+                call=Call.TOKEN,
             )
             return _credential(data, "access_token")
         token = await self._stable_token(app, force=False, deadline=deadline)
@@ -238,8 +241,7 @@ class TokenService:
             {},
             body,
             deadline=deadline,
-            idempotent=not force,
-            token_endpoint=True,
+            call=Call.FORCED_TOKEN if force else Call.TOKEN,
         )
         return _credential(data, "access_token")
 
@@ -253,20 +255,8 @@ class TokenService:
                 deadline=deadline,
             )
 
-        try:
-            data = await self.with_token(app, fetch, deadline=deadline)
-        except WeChatRefused as exc:
-            raise self._until_reset(exc) from None
+        data = await self.with_token(app, fetch, deadline=deadline)
         return _credential(data, "ticket")
-
-    def _until_reset(self, refusal: WeChatRefused) -> WeChatRefused:
-        """A daily quota refusal (45009) of a credential endpoint, with RetryInfo until
-        WeChat's daily reset; any other refusal as it is."""
-        if refusal.errcode != _DAILY_QUOTA:
-            return refusal
-        now = self._clock.now()
-        refusal.retry_after = max(next_reset(now) - now, 1.0)
-        return refusal
 
     async def close(self) -> None:
         """Wait for refreshes still in flight."""
