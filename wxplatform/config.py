@@ -119,7 +119,12 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-Address = Annotated[str, Meta(pattern=f"^.+:{_PORT}$", extra={"problem": "must be host:port"})]
+def _pattern(regex: str, problem: str, description: str | None = None) -> Meta:
+    """A string constraint whose refusal says `problem` (a regex makes a poor message)."""
+    return Meta(pattern=regex, description=description, extra={"problem": problem})
+
+
+Address = Annotated[str, _pattern(f"^.+:{_PORT}$", "must be host:port")]
 
 
 class _Schema(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -369,10 +374,10 @@ class AppConfig(_Schema, frozen=True, kw_only=True):
 
     app_id: Annotated[
         str,
-        Meta(
-            pattern=r"^[A-Za-z0-9_-]{1,64}$",
-            description="the app (URL path `/wx/{app_id}`, Redis hash tag)",
-            extra={"problem": "must be 1-64 characters of [A-Za-z0-9_-]"},
+        _pattern(
+            r"^[A-Za-z0-9_-]{1,64}$",
+            "must be 1-64 characters of [A-Za-z0-9_-]",
+            "the app (URL path `/wx/{app_id}`, Redis hash tag)",
         ),
     ]
     kind: Annotated[AppKind, Meta(description="`official_account` or `mini_program`")]
@@ -449,9 +454,7 @@ class Grant(_Schema, frozen=True, kw_only=True):
     apps: Annotated[tuple[str, ...], Meta(min_length=1, description="app ids, or `*`")]
     rpcs: Annotated[
         tuple[
-            Annotated[
-                str, Meta(pattern=_RPC, extra={"problem": "must be *, Service/* or Service/Method"})
-            ],
+            Annotated[str, _pattern(_RPC, "must be *, Service/* or Service/Method")],
             ...,
         ],
         Meta(
@@ -477,18 +480,18 @@ class CallerConfig(_Schema, frozen=True, kw_only=True):
 
     name: Annotated[
         str,
-        Meta(
-            pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
-            description="the caller, as logs and metrics name it",
-            extra={"problem": "must be 1-64 characters of [a-z0-9_.-]"},
+        _pattern(
+            r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+            "must be 1-64 characters of [a-z0-9_.-]",
+            "the caller, as logs and metrics name it",
         ),
     ]
     token_sha256: Annotated[
         str,
-        Meta(
-            pattern=r"^[0-9a-fA-F]{64}$",
-            description="SHA-256 hex of its credential",
-            extra={"problem": "must be 64 hex characters (sha256 of the token)"},
+        _pattern(
+            r"^[0-9a-fA-F]{64}$",
+            "must be 64 hex characters (sha256 of the token)",
+            "SHA-256 hex of its credential",
         ),
     ]
     grants: Annotated[
