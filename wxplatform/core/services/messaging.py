@@ -191,13 +191,13 @@ class MessagingService:
             case ClaimState.REUSED:
                 raise IdempotencyKeyReused("idempotency key was used with a different request")
             case ClaimState.CIRCUIT:
-                kind_of_quota = classify(DAILY_QUOTA)
+                daily = classify(DAILY_QUOTA)
                 raise WeChatRefused(
-                    kind_of_quota.reason,
+                    daily.reason,
                     DAILY_QUOTA,
                     "daily quota reached earlier today",
                     "",
-                    retry=kind_of_quota.retry,
+                    retry=daily.retry,
                     retry_after=begun.wait_ms / 1000,
                 )
             case ClaimState.RATE:
