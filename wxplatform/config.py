@@ -42,6 +42,7 @@ __all__ = [
     "ReplyRule",
     "ReplySpec",
     "Secret",
+    "SessionConfig",
     "Settings",
     "WeChatConfig",
     "annotation_at",
@@ -172,6 +173,14 @@ class CoreConfig(_Schema, frozen=True):
             description="one WeChat call per idempotency key within this horizon",
         ),
     ] = 24 * 3600
+    session_event_retention: Annotated[
+        int,
+        Meta(
+            ge=100,
+            le=10**8,
+            description="session events kept per app for `WatchSessionEvents` to resume from",
+        ),
+    ] = 100_000
     delivery_ttl_seconds: Annotated[
         int, Meta(ge=3600, le=365 * 86400, description="how long delivery records are kept")
     ] = 30 * 86400
@@ -369,6 +378,28 @@ class ReplyRule(_Schema, frozen=True, kw_only=True):
         return re.search(self.keyword, text) is not None  # compiled once, in re's cache
 
 
+class SessionConfig(_Schema, frozen=True):
+    """`[apps.sessions]`: the platform sessions of the app's users."""
+
+    idle_ttl_seconds: Annotated[
+        int,
+        Meta(
+            ge=60,
+            le=30 * 86400,
+            description="a session unused this long expires; the default and the largest "
+            "TTL a `CreateSession` may ask for",
+        ),
+    ] = 86400
+    absolute_ttl_seconds: Annotated[
+        int,
+        Meta(ge=60, le=365 * 86400, description="no refresh keeps a session beyond this age"),
+    ] = 30 * 86400
+
+    def __post_init__(self) -> None:
+        if self.idle_ttl_seconds > self.absolute_ttl_seconds:
+            raise _Problem("idle_ttl_seconds", "must not exceed absolute_ttl_seconds")
+
+
 class AppConfig(_Schema, frozen=True, kw_only=True):
     """`[[apps]]`: one WeChat app (official account or mini program)."""
 
@@ -417,6 +448,7 @@ class AppConfig(_Schema, frozen=True, kw_only=True):
         ReplySpec | None, Meta(description="reply to any user message no rule matched")
     ] = None
     subscribe_reply: Annotated[ReplySpec | None, Meta(description="reply to a follow")] = None
+    sessions: SessionConfig = field(default_factory=SessionConfig)
 
     def __post_init__(self) -> None:
         if not self.app_secret.reveal():

@@ -19,6 +19,8 @@ edge turns them into HTTP replies in its one `write_error`.
     ├── IdempotencyKeyReused       IDEMPOTENCY_KEY_REUSED
     ├── RateLimited                RATE_LIMITED (retry_after)
     ├── DeliveryNotFound           DELIVERY_NOT_FOUND
+    ├── SessionNotFound            SESSION_NOT_FOUND (unknown, expired and revoked alike)
+    ├── SessionEventsExpired       SESSION_EVENTS_EXPIRED
     ├── WindowClosed               WINDOW_CLOSED
     ├── WindowQuotaExhausted       WINDOW_QUOTA_EXHAUSTED
     ├── TokenRefreshLimited        TOKEN_REFRESH_LIMITED
@@ -54,6 +56,8 @@ __all__ = [
     "NotImplementedYet",
     "RateLimited",
     "ReplayedRequest",
+    "SessionEventsExpired",
+    "SessionNotFound",
     "ShuttingDown",
     "StoreUnavailable",
     "TokenRefreshLimited",
@@ -188,6 +192,18 @@ class DeliveryNotFound(WxPlatformError):
     """No delivery record with this id (or it expired)."""
 
     reason = "DELIVERY_NOT_FOUND"
+
+
+class SessionNotFound(WxPlatformError):
+    """The session token is unknown, revoked or expired (the three look the same)."""
+
+    reason = "SESSION_NOT_FOUND"
+
+
+class SessionEventsExpired(WxPlatformError):
+    """A watch resumed after an event older than the session events still kept."""
+
+    reason = "SESSION_EVENTS_EXPIRED"
 
 
 class WindowClosed(WxPlatformError):

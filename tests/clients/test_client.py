@@ -9,6 +9,7 @@ import wxplatform_client
 from acme.wxplatform.v1 import (
     event_service_pb2,
     ingress_service_pb2,
+    oauth_service_pb2,
     session_service_pb2,
     token_service_pb2,
 )
@@ -45,9 +46,14 @@ async def test_calls_carry_the_credential_and_map_errors(redis_client: redis.Red
                 await client.ingress.DeliverMessage(bad)
             assert invalid.value.violations == [("message.app_id", "must equal app_id")]
         async with wxplatform_client.Client(target, TEAM_CREDENTIAL) as team:
-            with pytest.raises(wxplatform_client.Unimplemented) as unimplemented:
+            with pytest.raises(wxplatform_client.NotFound) as missing:
                 await team.sessions.GetSession(
                     session_service_pb2.GetSessionRequest(app_id=app_id, session_token="t")
+                )
+            assert missing.value.reason == "SESSION_NOT_FOUND"
+            with pytest.raises(wxplatform_client.Unimplemented) as unimplemented:
+                await team.oauth.GetUserInfo(
+                    oauth_service_pb2.GetUserInfoRequest(app_id=app_id, openid="oUser1")
                 )
             assert unimplemented.value.reason == "NOT_IMPLEMENTED"
         async with wxplatform_client.Client(target, "wrong") as stranger:

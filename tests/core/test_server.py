@@ -18,8 +18,8 @@ from acme.wxplatform.v1 import error_reason_pb2 as error_reason
 from acme.wxplatform.v1 import ingress_service_pb2 as ingress
 from acme.wxplatform.v1 import (
     ingress_service_pb2_grpc,
-    session_service_pb2,
-    session_service_pb2_grpc,
+    oauth_service_pb2,
+    oauth_service_pb2_grpc,
     token_service_pb2,
     token_service_pb2_grpc,
 )
@@ -83,17 +83,18 @@ async def test_authorization_is_per_caller_app_and_rpc(redis_client: redis.Redis
 async def test_unimplemented_services_say_so_with_a_reason(redis_client: redis.Redis) -> None:
     app_id = new_app_id()
     async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
-        sessions = session_service_pb2_grpc.SessionServiceStub(stack.channel)
+        oauth = oauth_service_pb2_grpc.OAuthServiceStub(stack.channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await sessions.GetSession(
-                session_service_pb2.GetSessionRequest(app_id=app_id, session_token="x"),
+            await oauth.GetUserInfo(
+                oauth_service_pb2.GetUserInfoRequest(app_id=app_id, openid="oUser1"),
                 metadata=bearer(TEAM_CREDENTIAL),
             )
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert error_info(caught.value)[0] == "NOT_IMPLEMENTED"
 
 
 # Served by `unimplemented_handler` until their issue lands (docs/architecture.md).
-NOT_YET = {"acme.wxplatform.v1.OAuthService", "acme.wxplatform.v1.SessionService"}
+NOT_YET = {"acme.wxplatform.v1.OAuthService"}
 
 
 async def test_every_rpc_of_the_api_is_served(redis_client: redis.Redis) -> None:

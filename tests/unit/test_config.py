@@ -68,6 +68,11 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
         ("callers.0.allow", [{"apps": ["*"], "rpcs": ["Token"]}], "callers[0].allow[0].rpcs[0]"),
         ("log_level", "LOUD", "log_level"),
         ("core", "fast", "core"),
+        (
+            "apps.0.sessions",
+            {"idle_ttl_seconds": 7200, "absolute_ttl_seconds": 3600},
+            "apps[0].sessions.idle_ttl_seconds",
+        ),
         ("apps", {}, "apps"),
         ("core.idempotency_ttl_seconds", 40 * 86400, "core.idempotency_ttl_seconds"),
         ("edge.spool_max_age_seconds", 86400, "edge.spool_max_age_seconds"),

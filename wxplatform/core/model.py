@@ -20,8 +20,10 @@ __all__ = [
     "ClaimState",
     "ReplayCheck",
     "SendResult",
+    "SessionChange",
     "StoredCredential",
     "StoredEvent",
+    "StoredSession",
     "WindowGrant",
 ]
 
@@ -158,3 +160,31 @@ class SendResult:
         """The parked form back."""
         status, errcode, errmsg = json.loads(value)
         return cls(int(status), int(errcode), str(errmsg))
+
+
+# --- sessions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """A platform session as stored (keyed by its token's hash; times in ms)."""
+
+    session_id: str
+    openid: str
+    unionid: str
+    attributes: dict[str, str]
+    created_ms: int
+    expires_ms: int  # unless refreshed
+    absolute_ms: int  # no refresh goes beyond
+    idle_ms: int  # what a refresh extends it by
+
+
+@dataclass(frozen=True)
+class SessionChange:
+    """One entry of an app's session event stream."""
+
+    event_id: str
+    revoked: bool  # else created
+    session_id: str
+    openid: str
+    at_ms: int

@@ -22,6 +22,7 @@ from acme.wxplatform.v1 import (
     messaging_service_pb2_grpc,
     oauth_service_pb2,
     session_service_pb2,
+    session_service_pb2_grpc,
     token_service_pb2,
     token_service_pb2_grpc,
 )
@@ -33,17 +34,20 @@ from wxplatform.core.adapters.credential_store import CredentialStore
 from wxplatform.core.adapters.event_log import EventLog
 from wxplatform.core.adapters.ingress_store import IngressStore
 from wxplatform.core.adapters.message_store import MessageStore
+from wxplatform.core.adapters.session_store import SessionStore
 from wxplatform.core.adapters.wechat_client import WeChatClient
 from wxplatform.core.metrics import MetricsServer
 from wxplatform.core.servicers.events import EventServicer
 from wxplatform.core.servicers.ingress import IngressServicer
 from wxplatform.core.servicers.interceptors import default_interceptors
 from wxplatform.core.servicers.messaging import MessagingServicer
+from wxplatform.core.servicers.sessions import SessionServicer
 from wxplatform.core.servicers.tokens import TokenServicer
 from wxplatform.core.servicers.unimplemented import unimplemented_handler
 from wxplatform.core.services.events import EventService
 from wxplatform.core.services.ingress import IngressService
 from wxplatform.core.services.messaging import MessagingService
+from wxplatform.core.services.sessions import SessionService
 from wxplatform.core.services.tokens import TokenService
 
 __all__ = ["API_SERVICES", "CoreServer", "create_server"]
@@ -66,10 +70,7 @@ API_SERVICES = tuple(
 )
 
 # Services whose RPCs are not implemented yet (UNIMPLEMENTED with NOT_IMPLEMENTED).
-_UNIMPLEMENTED = (
-    oauth_service_pb2.DESCRIPTOR.services_by_name["OAuthService"],
-    session_service_pb2.DESCRIPTOR.services_by_name["SessionService"],
-)
+_UNIMPLEMENTED = (oauth_service_pb2.DESCRIPTOR.services_by_name["OAuthService"],)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class CoreServer:
     drain_seconds: float
     stopping: asyncio.Event
     event_log: EventLog
+    session_store: SessionStore
     wechat: WeChatClient
     tokens: TokenService
     refresher: asyncio.Task[None]
@@ -91,8 +93,9 @@ class CoreServer:
     async def stop(self) -> None:
         """Graceful drain: NOT_SERVING first, then let in-flight RPCs finish.
 
-        Event streams end at once with UNAVAILABLE, so their consumers reconnect to a
-        replica that is not draining instead of holding this one for the whole grace.
+        Event streams and session watches end at once with UNAVAILABLE, so their
+        consumers reconnect to a replica that is not draining instead of holding this
+        one for the whole grace.
         """
         log.info("draining", extra={"grace_s": self.drain_seconds})
         metrics.SERVING.set(0)
@@ -108,6 +111,7 @@ class CoreServer:
         await self.background.wait(15)
         await self.tokens.close()
         await self.event_log.close()
+        await self.session_store.close()
         await self.wechat.close()
         if self.metrics_server is not None:
             # shutdown() blocks until the server thread notices (up to its 0.5 s poll).
@@ -154,6 +158,10 @@ async def create_server(
     )
     ingress = IngressService(settings.apps, store, clock, results=messaging.results)
     event_log = EventLog(redis_client, retention=settings.core.event_retention)
+    session_store = SessionStore(
+        redis_client, event_retention=settings.core.session_event_retention
+    )
+    sessions = SessionService(settings.apps, session_store, clock, stopping=stopping)
     events = EventService(
         settings.apps,
         event_log,
@@ -173,6 +181,7 @@ async def create_server(
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(
         MessagingServicer(messaging), server
     )
+    session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
     server.add_generic_rpc_handlers([unimplemented_handler(s) for s in _UNIMPLEMENTED])
 
     health = health_aio.HealthServicer()
@@ -208,6 +217,7 @@ async def create_server(
         settings.core.drain_seconds,
         stopping,
         event_log,
+        session_store,
         wechat,
         tokens,
         refresher,

@@ -33,6 +33,12 @@ below, and written only by the module named as its owner.
         message_store · delivery id of WeChat's msgid · core.delivery_ttl_seconds
     wxp:{app}:delivery:early:<msgid>
         message_store · a result event that came first · 120 s
+    wxp:{app}:session:<token sha256>
+        session_store · hash of the session (never its token) · until it expires
+    wxp:{app}:session:user:<openid>
+        session_store · set of the user's session hashes · the longest absolute cap
+    wxp:{app}:session:events
+        session_store · stream of creations and revocations · core.session_event_retention
     wxp:{app}:<kind>
         credential_store · hash of value, expires_ms, fence · none (replaced in place)
     wxp:{app}:<kind>:lock
@@ -42,7 +48,7 @@ below, and written only by the module named as its owner.
     wxp:{app}:<kind>:force
         credential_store · forced refreshes of the day · 2 days
 
-`<kind>` is `access_token` or `jsapi_ticket`.
+`<kind>` is `token` (the access token) or `ticket:jsapi`.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ __all__ = [
     "idempotency",
     "nonce",
     "rate",
+    "session",
+    "session_events",
+    "user_sessions",
     "window",
 ]
 
@@ -126,6 +135,18 @@ def delivery_by_msgid(app_id: str, msgid: str) -> str:
 
 def early_result(app_id: str, msgid: str) -> str:
     return app_key(app_id, "delivery", "early", msgid)
+
+
+def session(app_id: str, token_sha256: str) -> str:
+    return app_key(app_id, "session", token_sha256)
+
+
+def user_sessions(app_id: str, openid: str) -> str:
+    return app_key(app_id, "session", "user", openid)
+
+
+def session_events(app_id: str) -> str:
+    return app_key(app_id, "session", "events")
 
 
 def credential(app_id: str, kind: str) -> str:

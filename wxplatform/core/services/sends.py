@@ -8,14 +8,14 @@ field is wrong.
 from __future__ import annotations
 
 import re
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from acme.wxplatform.v1 import messaging_service_pb2 as pb
 from wxplatform.config import AppConfig
-from wxplatform.errors import AppKindMismatch, FieldViolation, InvalidRequest
+from wxplatform.core.services.checks import Checks
+from wxplatform.errors import AppKindMismatch
 
 __all__ = [
     "Outbound",
@@ -24,7 +24,6 @@ __all__ = [
     "template_send",
 ]
 
-_OPENID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _DATA_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
 _COLOR = re.compile(r"#[0-9A-Fa-f]{6}")
 _MAX_VALUE = 200  # longer values are refused by WeChat with 47003 anyway
@@ -62,34 +61,8 @@ class Outbound:
     summary: str
 
 
-class _Checks:
-    """Collects field violations so a caller learns every problem at once."""
-
-    def __init__(self) -> None:
-        self.violations: list[FieldViolation] = []
-
-    def fail(self, field: str, description: str) -> None:
-        self.violations.append(FieldViolation(field, description))
-
-    def require(self, field: str, value: str, *, limit: int = 1024) -> None:
-        if not value:
-            self.fail(field, "is required")
-        elif len(value) > limit:
-            self.fail(field, f"must be at most {limit} characters")
-
-    def openid(self, field: str, value: str) -> None:
-        if not _OPENID.fullmatch(value):
-            self.fail(field, "must be an openid")
-
-    def url(self, field: str, value: str) -> None:
-        if not value:
-            return
-        try:
-            parts = urllib.parse.urlsplit(value)
-        except ValueError:  # e.g. an unclosed IPv6 bracket
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            self.fail(field, "must be an absolute http(s) URL")
+class _Checks(Checks):
+    """The checks of a send, with its template data."""
 
     def data(self, data: Mapping[str, pb.TemplateDataValue], *, colors: bool) -> None:
         if not data:
@@ -100,15 +73,6 @@ class _Checks:
             self.require(f"data.{key}.value", item.value, limit=_MAX_VALUE)
             if item.color and (not colors or not _COLOR.fullmatch(item.color)):
                 self.fail(f"data.{key}.color", "must be #RRGGBB (template messages only)")
-
-    def idempotency_key(self, key: str) -> None:
-        """1–128 printable ASCII characters."""
-        if not 1 <= len(key) <= 128 or not key.isascii() or not key.isprintable():
-            self.fail("idempotency_key", "must be 1-128 printable ASCII characters")
-
-    def done(self) -> None:
-        if self.violations:
-            raise InvalidRequest(self.violations)
 
 
 def _data(data: Mapping[str, pb.TemplateDataValue], *, colors: bool) -> dict[str, dict[str, str]]:

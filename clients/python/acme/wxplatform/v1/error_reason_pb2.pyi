@@ -155,6 +155,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """No user-level OAuth token is held for this user, or it has expired beyond
     refresh; the user must authorize again (FAILED_PRECONDITION).
     """
+    ERROR_REASON_SESSION_EVENTS_EXPIRED: _ErrorReason.ValueType  # 57
+    """A session watch resumed after an event older than the events core keeps:
+    some may be lost, so cached sessions must be dropped (OUT_OF_RANGE).
+    """
     ERROR_REASON_INVALID_CONSUMER_GROUP: _ErrorReason.ValueType  # 60
     """--- Events ---
 
@@ -302,6 +306,10 @@ ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 55
 ERROR_REASON_USER_AUTHORIZATION_REQUIRED: ErrorReason.ValueType  # 56
 """No user-level OAuth token is held for this user, or it has expired beyond
 refresh; the user must authorize again (FAILED_PRECONDITION).
+"""
+ERROR_REASON_SESSION_EVENTS_EXPIRED: ErrorReason.ValueType  # 57
+"""A session watch resumed after an event older than the events core keeps:
+some may be lost, so cached sessions must be dropped (OUT_OF_RANGE).
 """
 ERROR_REASON_INVALID_CONSUMER_GROUP: ErrorReason.ValueType  # 60
 """--- Events ---

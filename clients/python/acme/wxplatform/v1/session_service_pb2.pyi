@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SessionEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SessionEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SessionEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SESSION_EVENT_TYPE_UNSPECIFIED: _SessionEventType.ValueType  # 0
+    """Not used."""
+    SESSION_EVENT_TYPE_CREATED: _SessionEventType.ValueType  # 1
+    """The session was created."""
+    SESSION_EVENT_TYPE_REVOKED: _SessionEventType.ValueType  # 2
+    """The session was revoked (`RevokeSession` or `RevokeUserSessions`); expiry
+    is not an event, as `expire_time` tells it in advance.
+    """
+
+class SessionEventType(_SessionEventType, metaclass=_SessionEventTypeEnumTypeWrapper):
+    """What happened to a session."""
+
+SESSION_EVENT_TYPE_UNSPECIFIED: SessionEventType.ValueType  # 0
+"""Not used."""
+SESSION_EVENT_TYPE_CREATED: SessionEventType.ValueType  # 1
+"""The session was created."""
+SESSION_EVENT_TYPE_REVOKED: SessionEventType.ValueType  # 2
+"""The session was revoked (`RevokeSession` or `RevokeUserSessions`); expiry
+is not an event, as `expire_time` tells it in advance.
+"""
+Global___SessionEventType: _TypeAlias = SessionEventType  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):
@@ -383,3 +412,101 @@ class RevokeUserSessionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeUserSessionsResponse: _TypeAlias = RevokeUserSessionsResponse  # noqa: Y015
+
+@_typing.final
+class SessionEvent(_message.Message):
+    """One change of one session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    OPENID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The event's id: resume a watch after it with `after_event_id`."""
+    type: Global___SessionEventType.ValueType
+    """What happened."""
+    session_id: _builtins.str
+    """The session's id (`Session.session_id`)."""
+    openid: _builtins.str
+    """The session's user."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        type: Global___SessionEventType.ValueType = ...,
+        session_id: _builtins.str = ...,
+        openid: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "openid", b"openid", "session_id", b"session_id", "time", b"time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionEvent: _TypeAlias = SessionEvent  # noqa: Y015
+
+@_typing.final
+class WatchSessionEventsRequest(_message.Message):
+    """Request of `SessionService.WatchSessionEvents`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """The app whose sessions to watch."""
+    after_event_id: _builtins.str
+    """The last event id the watcher saw; empty for the events from now on."""
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        after_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "app_id", b"app_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSessionEventsRequest: _TypeAlias = WatchSessionEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchSessionEventsResponse(_message.Message):
+    """Response of `SessionService.WatchSessionEvents`: the events that came since
+    the previous response, in order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
+    last_event_id: _builtins.str
+    """Where the watch stands: resume after this id. The id of the last event
+    above, or in the first response the position the watch starts from.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionEvent]:
+        """The events, oldest first (none in the first response)."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___SessionEvent] | None = ...,
+        last_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "last_event_id", b"last_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSessionEventsResponse: _TypeAlias = WatchSessionEventsResponse  # noqa: Y015

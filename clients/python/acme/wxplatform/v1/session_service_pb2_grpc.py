@@ -65,6 +65,11 @@ class SessionServiceStub:
                 request_serializer=acme_dot_wxplatform_dot_v1_dot_session__service__pb2.RevokeUserSessionsRequest.SerializeToString,
                 response_deserializer=acme_dot_wxplatform_dot_v1_dot_session__service__pb2.RevokeUserSessionsResponse.FromString,
                 _registered_method=True)
+        self.WatchSessionEvents = channel.unary_stream(
+                '/acme.wxplatform.v1.SessionService/WatchSessionEvents',
+                request_serializer=acme_dot_wxplatform_dot_v1_dot_session__service__pb2.WatchSessionEventsRequest.SerializeToString,
+                response_deserializer=acme_dot_wxplatform_dot_v1_dot_session__service__pb2.WatchSessionEventsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -127,6 +132,24 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSessionEvents(self, request, context):
+        """Streams the app's session events (creations and revocations) in order.
+
+        Starts after `after_event_id`, an id this stream returned before, or with
+        the events from now on when it is empty. The first response comes at once,
+        with no events: the watch is live from its `last_event_id` on. A watcher
+        that reconnects with the last `last_event_id` it saw misses none and sees
+        none twice, across reconnects, replicas and core restarts. An id older than the events core still keeps fails with
+        OUT_OF_RANGE (SESSION_EVENTS_EXPIRED): drop every cached session and watch
+        afresh.
+
+        Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND (unknown app),
+        OUT_OF_RANGE, UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +177,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.RevokeUserSessions,
                     request_deserializer=acme_dot_wxplatform_dot_v1_dot_session__service__pb2.RevokeUserSessionsRequest.FromString,
                     response_serializer=acme_dot_wxplatform_dot_v1_dot_session__service__pb2.RevokeUserSessionsResponse.SerializeToString,
+            ),
+            'WatchSessionEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSessionEvents,
+                    request_deserializer=acme_dot_wxplatform_dot_v1_dot_session__service__pb2.WatchSessionEventsRequest.FromString,
+                    response_serializer=acme_dot_wxplatform_dot_v1_dot_session__service__pb2.WatchSessionEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -297,6 +325,33 @@ class SessionService:
             '/acme.wxplatform.v1.SessionService/RevokeUserSessions',
             acme_dot_wxplatform_dot_v1_dot_session__service__pb2.RevokeUserSessionsRequest.SerializeToString,
             acme_dot_wxplatform_dot_v1_dot_session__service__pb2.RevokeUserSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSessionEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/acme.wxplatform.v1.SessionService/WatchSessionEvents',
+            acme_dot_wxplatform_dot_v1_dot_session__service__pb2.WatchSessionEventsRequest.SerializeToString,
+            acme_dot_wxplatform_dot_v1_dot_session__service__pb2.WatchSessionEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

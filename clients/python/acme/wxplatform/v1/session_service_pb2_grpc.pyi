@@ -70,6 +70,20 @@ class SessionServiceStub:
     Errors: INVALID_ARGUMENT (empty openid), NOT_FOUND (unknown app),
     UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
     """
+    WatchSessionEvents: _grpc.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionEventsRequest, _session_service_pb2.WatchSessionEventsResponse]
+    """Streams the app's session events (creations and revocations) in order.
+
+    Starts after `after_event_id`, an id this stream returned before, or with
+    the events from now on when it is empty. The first response comes at once,
+    with no events: the watch is live from its `last_event_id` on. A watcher
+    that reconnects with the last `last_event_id` it saw misses none and sees
+    none twice, across reconnects, replicas and core restarts. An id older than the events core still keeps fails with
+    OUT_OF_RANGE (SESSION_EVENTS_EXPIRED): drop every cached session and watch
+    afresh.
+
+    Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND (unknown app),
+    OUT_OF_RANGE, UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -112,6 +126,20 @@ class SessionServiceAsyncStub(SessionServiceStub):
 
     Errors: INVALID_ARGUMENT (empty openid), NOT_FOUND (unknown app),
     UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+    """
+    WatchSessionEvents: _aio.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionEventsRequest, _session_service_pb2.WatchSessionEventsResponse]  # type: ignore[assignment]
+    """Streams the app's session events (creations and revocations) in order.
+
+    Starts after `after_event_id`, an id this stream returned before, or with
+    the events from now on when it is empty. The first response comes at once,
+    with no events: the watch is live from its `last_event_id` on. A watcher
+    that reconnects with the last `last_event_id` it saw misses none and sees
+    none twice, across reconnects, replicas and core restarts. An id older than the events core still keeps fails with
+    OUT_OF_RANGE (SESSION_EVENTS_EXPIRED): drop every cached session and watch
+    afresh.
+
+    Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND (unknown app),
+    OUT_OF_RANGE, UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -182,6 +210,26 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: INVALID_ARGUMENT (empty openid), NOT_FOUND (unknown app),
         UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSessionEvents(
+        self,
+        request: _session_service_pb2.WatchSessionEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_session_service_pb2.WatchSessionEventsResponse], _abc.AsyncIterator[_session_service_pb2.WatchSessionEventsResponse]]:
+        """Streams the app's session events (creations and revocations) in order.
+
+        Starts after `after_event_id`, an id this stream returned before, or with
+        the events from now on when it is empty. The first response comes at once,
+        with no events: the watch is live from its `last_event_id` on. A watcher
+        that reconnects with the last `last_event_id` it saw misses none and sees
+        none twice, across reconnects, replicas and core restarts. An id older than the events core still keeps fails with
+        OUT_OF_RANGE (SESSION_EVENTS_EXPIRED): drop every cached session and watch
+        afresh.
+
+        Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND (unknown app),
+        OUT_OF_RANGE, UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
