@@ -6,7 +6,8 @@ CPU per call that httpx did under concurrent load (≈ 0.3 ms against ≈ 3 ms h
 Every call names its `Call` kind, which decides what may be retried. Retry policy by
 error class, always inside the caller's deadline:
 
-- not sent (connection refused or timed out, pool exhausted): retry with backoff;
+- not sent (connection refused or timed out, pool exhausted, any failure before the
+  request's headers went out, as aiohttp's tracing reports it): retry with backoff;
 - errcode -1 ("system error": WeChat did not act): retry with backoff;
 - sent but no answer (read timeout, connection reset), a gateway's 5xx, or an answer
   that is not WeChat's JSON: the outcome is unknown. A resendable call (reads, token
@@ -65,6 +66,7 @@ class Call(enum.Enum):
     FORCED_TOKEN = enum.auto()  # replaces the token: never resent once it may have arrived
     SEND = enum.auto()  # delivers a message: never resent once it may have arrived
     DEDUPED_SEND = enum.auto()  # a send WeChat deduplicates (client_msg_id): resent
+    EXCHANGE = enum.auto()  # trades a single-use code: never resent once it may have arrived
 
     @property
     def resendable(self) -> bool:
@@ -90,6 +92,26 @@ class _Refusal:
     errmsg: str
     rid: str
     kind: Errcode
+
+
+class _Progress:
+    """How far one attempt got: set by aiohttp's tracing once the request's headers are
+    on the wire. Until then nothing can have reached WeChat, whichever timeout fired."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+async def _headers_sent(session: Any, context: Any, params: Any) -> None:
+    context.trace_request_ctx.sent = True
+
+
+def _tracing() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_headers_sent)
+    return trace
 
 
 class _Retry(Exception):
@@ -122,6 +144,7 @@ class WeChatClient:
                 trust_env=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 raise_for_status=False,
+                trace_configs=[_tracing()],
             )
         return self._session
 
@@ -233,24 +256,21 @@ class WeChatClient:
         with `WeChatOutcomeUnknown` instead of being tried again.
         """
         started = time.monotonic()
+        progress = _Progress()
         try:
-            status, body = await self._exchange(method, path, params, content, remaining)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # Nothing was sent: no connection (refused, unreachable, or none free in the
-            # pool in time).
+            status, body = await self._exchange(
+                method, path, params, content, remaining, progress=progress
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if progress.sent:
+                raise self._no_answer(path, started, exc, call) from None
+            # Nothing was sent: no connection (refused, unreachable, none free in the pool
+            # in time), or a timeout that fired before the request went out. Which timer
+            # fires first is no evidence: on a starved loop the total one can beat the
+            # connect one.
             self._observe(path, "unreachable", started)
             error = WeChatUnavailable(f"WeChat unreachable: {exc.__class__.__name__}")
             raise _Retry(error, maybe_sent=False) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Sent, or possibly sent: no (complete) answer — read timeout, reset,
-            # disconnect, a broken response.
-            self._observe(path, "no_answer", started)
-            if not call.resendable:
-                raise WeChatOutcomeUnknown(
-                    f"no answer from WeChat after sending ({exc.__class__.__name__})"
-                ) from None
-            error = WeChatUnavailable(f"no answer from WeChat: {exc.__class__.__name__}")
-            raise _Retry(error, maybe_sent=True) from None
         try:
             result = self._parse(path, status, body, started, call)
         except WeChatBadResponse as exc:
@@ -269,6 +289,17 @@ class WeChatClient:
             raise WeChatOutcomeUnknown(f"WeChat answered HTTP {status}")
         raise _Retry(WeChatUnavailable(f"WeChat busy (HTTP {status})"), maybe_sent=True)
 
+    def _no_answer(self, path: str, started: float, exc: BaseException, call: Call) -> Exception:
+        """The request went out and no (complete) answer came: a read timeout, a reset, a
+        disconnect, a broken response. The outcome is unknown unless resending is safe."""
+        self._observe(path, "no_answer", started)
+        if not call.resendable:
+            return WeChatOutcomeUnknown(
+                f"no answer from WeChat after sending ({exc.__class__.__name__})"
+            )
+        error = WeChatUnavailable(f"no answer from WeChat: {exc.__class__.__name__}")
+        return _Retry(error, maybe_sent=True)
+
     async def _exchange(
         self,
         method: str,
@@ -276,12 +307,15 @@ class WeChatClient:
         params: Mapping[str, str],
         content: bytes | None,
         remaining: float,
+        *,
+        progress: _Progress,
     ) -> tuple[int, bytes]:
         """One HTTP exchange within `remaining` seconds: the status and the whole body."""
         timeout = aiohttp.ClientTimeout(
             total=remaining,
             # Includes waiting for a pooled connection. Shorter than `total`, so that a
-            # connection that never opened ends as "not sent", never as "no answer".
+            # connection that never opened usually ends as a connect timeout (whether
+            # anything was sent is read from the request's progress, not from this).
             connect=min(_CONNECT_TIMEOUT, remaining * 0.9),
             sock_read=min(_READ_TIMEOUT, remaining),
         )
@@ -293,6 +327,7 @@ class WeChatClient:
             headers=_JSON if content is not None else None,
             timeout=timeout,
             allow_redirects=False,
+            trace_request_ctx=progress,
         ) as response:
             return response.status, await response.read()
 
