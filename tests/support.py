@@ -37,6 +37,7 @@ from wxplatform.sim import WeChatSimulator
 EDGE_CREDENTIAL = "edge-credential-" + secrets.token_hex(8)
 TEAM_CREDENTIAL = "team-credential-" + secrets.token_hex(8)
 OTHER_CREDENTIAL = "other-credential-" + secrets.token_hex(8)
+VAULT_KEY = "dGVzdC12YXVsdC1rZXktb2YtMzItYnl0ZXMtLS0tLS0="  # 32 bytes, base64
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # a published sample key
 
 
@@ -103,6 +104,7 @@ def make_settings(
                 "allow": [{"apps": app_ids[:0] or ["*"], "rpcs": ["TokenService/*"]}],
             },
         ],
+        "vault": {"keys": [{"id": "test1", "key": VAULT_KEY}]},
         **top,
     }
     return parse_settings(data)

@@ -14,6 +14,8 @@ value in `repr`, `str` or logs.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 import typing
@@ -44,6 +46,8 @@ __all__ = [
     "Secret",
     "SessionConfig",
     "Settings",
+    "VaultConfig",
+    "VaultKey",
     "WeChatConfig",
     "annotation_at",
     "expectation",
@@ -302,6 +306,47 @@ class DevConfig(_Schema, frozen=True):
     ] = None
 
 
+class VaultKey(_Schema, frozen=True):
+    """`[[vault.keys]]`: one key that encrypts secrets core keeps in Redis."""
+
+    id: Annotated[
+        str,
+        _pattern(
+            r"^[A-Za-z0-9_-]{1,32}$",
+            "must be 1-32 characters of [A-Za-z0-9_-]",
+            "names the key in each ciphertext, so old ones stay readable after a rotation",
+        ),
+    ]
+    key: Annotated[Secret, Meta(description="32 random bytes, base64 (AES-256-GCM)")]
+
+    def __post_init__(self) -> None:
+        try:
+            raw = base64.b64decode(self.key.reveal(), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise _Problem("key", "must be 32 bytes in base64")
+
+
+class VaultConfig(_Schema, frozen=True):
+    """`[vault]`: encryption at rest of mini-program session keys (and OAuth tokens)."""
+
+    keys: Annotated[
+        tuple[VaultKey, ...],
+        Meta(
+            description="the first encrypts, every one decrypts: add a new key first to "
+            "rotate, and drop an old one once nothing it encrypted is left"
+        ),
+    ] = ()
+
+    def __post_init__(self) -> None:
+        ids: set[str] = set()
+        for i, entry in enumerate(self.keys):
+            if entry.id in ids:
+                raise _Problem(f"keys[{i}].id", f"duplicate key id {entry.id!r}")
+            ids.add(entry.id)
+
+
 class Article(_Schema, frozen=True):
     """The one article of a `news` reply."""
 
@@ -550,6 +595,7 @@ class ConfigFile(_Schema, frozen=True):
     redis: RedisConfig = field(default_factory=RedisConfig)
     wechat: WeChatConfig = field(default_factory=WeChatConfig)
     dev: DevConfig = field(default_factory=DevConfig)
+    vault: VaultConfig = field(default_factory=VaultConfig)
     apps: Annotated[
         tuple[AppConfig, ...], Meta(description="the WeChat apps this deployment serves")
     ] = ()
@@ -562,6 +608,10 @@ class ConfigFile(_Schema, frozen=True):
             # A replay older than the dedup records could be processed a second time.
             raise _Problem(
                 "edge.spool_max_age_seconds", "must be shorter than core.dedup_ttl_seconds"
+            )
+        if not self.vault.keys and any(a.kind == "mini_program" for a in self.apps):
+            raise _Problem(
+                "vault.keys", "is required with a mini program: it encrypts session keys at rest"
             )
         app_ids: set[str] = set()
         for i, app in enumerate(self.apps):
@@ -594,6 +644,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     apps: Mapping[str, AppConfig]
     callers: tuple[CallerConfig, ...]
     dev: DevConfig = field(default_factory=DevConfig)
+    vault: VaultConfig = field(default_factory=VaultConfig)
     log_level: LogLevel = "INFO"
     source: str = "<memory>"
 
@@ -637,6 +688,7 @@ def _settings(document: ConfigFile, *, source: str) -> Settings:
         apps={app.app_id: app for app in document.apps},
         callers=document.callers,
         dev=document.dev,
+        vault=document.vault,
         log_level=document.log_level,
         source=source,
     )

@@ -7,6 +7,7 @@ and the edge: it is for a developer's machine only.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import string
 from dataclasses import dataclass
@@ -60,6 +61,11 @@ core_credential = "{edge_token}"
 [wechat]
 # The bundled WeChat simulator, started by `wxplatform dev`.
 api_base = "http://127.0.0.1:{ports.sim}"
+
+[[vault.keys]]
+# Encrypts the session keys (and OAuth tokens) core keeps in Redis.
+id = "dev1"
+key = "{base64.b64encode(secrets.token_bytes(32)).decode()}"
 
 [dev]
 sim_listen = "127.0.0.1:{ports.sim}"

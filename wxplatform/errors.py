@@ -20,6 +20,7 @@ edge turns them into HTTP replies in its one `write_error`.
     ├── RateLimited                RATE_LIMITED (retry_after)
     ├── DeliveryNotFound           DELIVERY_NOT_FOUND
     ├── SessionNotFound            SESSION_NOT_FOUND (unknown, expired and revoked alike)
+    ├── UserDataInvalid            USER_DATA_INVALID
     ├── SessionEventsExpired       SESSION_EVENTS_EXPIRED
     ├── WindowClosed               WINDOW_CLOSED
     ├── WindowQuotaExhausted       WINDOW_QUOTA_EXHAUSTED
@@ -63,6 +64,7 @@ __all__ = [
     "TokenRefreshLimited",
     "TokenRejected",
     "TokenUnavailable",
+    "UserDataInvalid",
     "WeChatBadResponse",
     "WeChatOutcomeUnknown",
     "WeChatRefused",
@@ -192,6 +194,12 @@ class DeliveryNotFound(WxPlatformError):
     """No delivery record with this id (or it expired)."""
 
     reason = "DELIVERY_NOT_FOUND"
+
+
+class UserDataInvalid(WxPlatformError):
+    """Encrypted user data does not open with the user's session key, or names another app."""
+
+    reason = "USER_DATA_INVALID"
 
 
 class SessionNotFound(WxPlatformError):

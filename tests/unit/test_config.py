@@ -111,6 +111,26 @@ def test_safe_mode_requires_an_aes_key() -> None:
         parse_settings(data)
 
 
+def test_mini_programs_need_a_vault_key() -> None:
+    data = base()
+    data["apps"][0].update(kind="mini_program", auto_reply=[])
+    data["apps"][0].pop("default_reply", None)
+    data["apps"][0].pop("subscribe_reply", None)
+    with pytest.raises(ConfigError, match=r"vault\.keys: is required with a mini program"):
+        parse_settings(data)
+    data["vault"] = {"keys": [{"id": "k1", "key": "c2hvcnQ="}]}
+    with pytest.raises(ConfigError) as short:
+        parse_settings(data)
+    assert short.value.key == "vault.keys[0].key"
+    assert "c2hvcnQ" not in str(short.value)
+    key = "dGVzdC12YXVsdC1rZXktb2YtMzItYnl0ZXMtLS0tLS0="
+    data["vault"] = {"keys": [{"id": "k1", "key": key}, {"id": "k1", "key": key}]}
+    with pytest.raises(ConfigError, match=r"vault\.keys\[1\]\.id: duplicate"):
+        parse_settings(data)
+    data["vault"]["keys"].pop()
+    assert parse_settings(data).vault.keys[0].id == "k1"
+
+
 def test_mini_programs_take_no_passive_reply_rules() -> None:
     data = with_change("apps.0.kind", "mini_program")
     with pytest.raises(ConfigError, match="no passive replies"):

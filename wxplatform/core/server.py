@@ -21,6 +21,7 @@ from acme.wxplatform.v1 import (
     messaging_service_pb2,
     messaging_service_pb2_grpc,
     oauth_service_pb2,
+    oauth_service_pb2_grpc,
     session_service_pb2,
     session_service_pb2_grpc,
     token_service_pb2,
@@ -32,6 +33,7 @@ from wxplatform.config import Settings
 from wxplatform.core import metrics
 from wxplatform.core.adapters.credential_store import CredentialStore
 from wxplatform.core.adapters.event_log import EventLog
+from wxplatform.core.adapters.identity_store import IdentityStore
 from wxplatform.core.adapters.ingress_store import IngressStore
 from wxplatform.core.adapters.message_store import MessageStore
 from wxplatform.core.adapters.session_store import SessionStore
@@ -41,14 +43,16 @@ from wxplatform.core.servicers.events import EventServicer
 from wxplatform.core.servicers.ingress import IngressServicer
 from wxplatform.core.servicers.interceptors import default_interceptors
 from wxplatform.core.servicers.messaging import MessagingServicer
+from wxplatform.core.servicers.oauth import OAuthServicer
 from wxplatform.core.servicers.sessions import SessionServicer
 from wxplatform.core.servicers.tokens import TokenServicer
-from wxplatform.core.servicers.unimplemented import unimplemented_handler
 from wxplatform.core.services.events import EventService
 from wxplatform.core.services.ingress import IngressService
 from wxplatform.core.services.messaging import MessagingService
+from wxplatform.core.services.mini_program import MiniProgramIdentity
 from wxplatform.core.services.sessions import SessionService
 from wxplatform.core.services.tokens import TokenService
+from wxplatform.core.services.vault import Vault
 
 __all__ = ["API_SERVICES", "CoreServer", "create_server"]
 
@@ -70,7 +74,6 @@ API_SERVICES = tuple(
 )
 
 # Services whose RPCs are not implemented yet (UNIMPLEMENTED with NOT_IMPLEMENTED).
-_UNIMPLEMENTED = (oauth_service_pb2.DESCRIPTOR.services_by_name["OAuthService"],)
 
 
 @dataclass
@@ -162,6 +165,15 @@ async def create_server(
         redis_client, event_retention=settings.core.session_event_retention
     )
     sessions = SessionService(settings.apps, session_store, clock, stopping=stopping)
+    mini_programs = MiniProgramIdentity(
+        settings.apps,
+        wechat=wechat,
+        tokens=tokens,
+        sessions=sessions,
+        store=IdentityStore(redis_client),
+        vault=Vault(settings.vault.keys),
+        clock=clock,
+    )
     events = EventService(
         settings.apps,
         event_log,
@@ -182,7 +194,7 @@ async def create_server(
         MessagingServicer(messaging), server
     )
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
-    server.add_generic_rpc_handlers([unimplemented_handler(s) for s in _UNIMPLEMENTED])
+    oauth_service_pb2_grpc.add_OAuthServiceServicer_to_server(OAuthServicer(mini_programs), server)
 
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

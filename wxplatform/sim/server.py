@@ -35,7 +35,9 @@ from wxplatform.sim.control_messaging import messaging_control_routes
 from wxplatform.sim.custom import CustomSendHandler
 from wxplatform.sim.errors import CallbackAlreadySent, ClockNotAdjustable
 from wxplatform.sim.faults import Fault
+from wxplatform.sim.logins import LoginBook, UserData
 from wxplatform.sim.messages import original_id, text_message
+from wxplatform.sim.mini_program import Code2SessionHandler, PhoneNumberHandler
 from wxplatform.sim.outbox import JOB_STATUSES, ResultRule
 from wxplatform.sim.push import PushResult, push
 from wxplatform.sim.sends import BizSendHandler, SubscribeSendHandler, TemplateSendHandler
@@ -93,6 +95,7 @@ class WeChatSimulator:
             TokenStore(self.apps, clock, policy),
             TicketStore(self.apps, clock),
             CallbackQueue(self.push, callback_urls, callback_delay),
+            LoginBook(self.apps, clock),
         )
         self._server: HTTPServer | None = None
         self._host = "127.0.0.1"
@@ -285,6 +288,25 @@ class WeChatSimulator:
         self.apps[app_id] = msgspec.structs.replace(self._app(app_id), app_secret=Secret(secret))
         return secret
 
+    # -- mini-program login ---------------------------------------------------------------
+
+    def login_code(self, app_id: str, openid: str, unionid: str = "") -> str:
+        """A `wx.login` code of a user of a mini program (single use, 5 minutes)."""
+        return self.state.logins.login_code(app_id, openid, unionid)
+
+    def phone_code(self, app_id: str, phone_number: str, country_code: str = "86") -> str:
+        """A phone-number button's code for `phone_number` (single use, 5 minutes)."""
+        return self.state.logins.phone_code(app_id, phone_number, country_code)
+
+    def block_login(self, app_id: str, openid: str) -> None:
+        """Make the user high-risk: `jscode2session` answers 40226 for them."""
+        self.state.logins.block(app_id, openid)
+
+    def user_data(self, app_id: str, openid: str, data: Mapping[str, Any]) -> UserData:
+        """`encryptedData`, `iv`, `rawData` and `signature` of `data` for a logged-in user,
+        made with the user's current session key exactly as WeChat makes them."""
+        return self.state.logins.user_data(app_id, openid, data)
+
     def set_user(
         self,
         app_id: str,
@@ -408,4 +430,6 @@ def _api_routes(state: SimState) -> list[tuple[str, type[ApiHandler], dict[str, 
         (r"/cgi-bin/message/custom/send", CustomSendHandler, kwargs),
         (r"/cgi-bin/message/subscribe/bizsend", BizSendHandler, kwargs),
         (r"/cgi-bin/message/subscribe/send", SubscribeSendHandler, kwargs),
+        (r"/sns/jscode2session", Code2SessionHandler, kwargs),
+        (r"/wxa/business/getuserphonenumber", PhoneNumberHandler, kwargs),
     ]

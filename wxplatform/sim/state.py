@@ -11,6 +11,7 @@ from wxplatform.sim.audience import Audience
 from wxplatform.sim.callbacks import CallbackQueue
 from wxplatform.sim.faults import FaultBook
 from wxplatform.sim.journal import RequestLog
+from wxplatform.sim.logins import LoginBook
 from wxplatform.sim.outbox import Outbox
 from wxplatform.sim.templates import TemplateBook
 from wxplatform.sim.tickets import TicketStore
@@ -24,7 +25,8 @@ class SimState:
     """Apps, clock, tokens, faults, the request log, and the messaging side of one simulator.
 
     `audience` holds users, consent and windows; `templates` the registered templates;
-    `outbox` what was sent; `callbacks` the result events pushed back to edges.
+    `outbox` what was sent; `callbacks` the result events pushed back to edges; `logins`
+    mini-program login and phone codes and users' session keys.
     """
 
     apps: Mapping[str, AppConfig]
@@ -32,6 +34,7 @@ class SimState:
     tokens: TokenStore
     tickets: TicketStore
     callbacks: CallbackQueue
+    logins: LoginBook
     faults: FaultBook = field(default_factory=FaultBook)
     requests: RequestLog = field(default_factory=RequestLog)
     audience: Audience = field(default_factory=Audience)

@@ -39,6 +39,9 @@ below, and written only by the module named as its owner.
         session_store · set of the user's session hashes · the longest absolute cap
     wxp:{app}:session:events
         session_store · stream of creations and revocations · core.session_event_retention
+    wxp:{app}:session_key:<openid>
+        identity_store · the user's sealed session keys (current, previous) · the app's
+        absolute session cap
     wxp:{app}:<kind>
         credential_store · hash of value, expires_ms, fence · none (replaced in place)
     wxp:{app}:<kind>:lock
@@ -73,6 +76,7 @@ __all__ = [
     "rate",
     "session",
     "session_events",
+    "session_key",
     "user_sessions",
     "window",
 ]
@@ -147,6 +151,10 @@ def user_sessions(app_id: str, openid: str) -> str:
 
 def session_events(app_id: str) -> str:
     return app_key(app_id, "session", "events")
+
+
+def session_key(app_id: str, openid: str) -> str:
+    return app_key(app_id, "session_key", openid)
 
 
 def credential(app_id: str, kind: str) -> str:

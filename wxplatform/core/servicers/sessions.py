@@ -13,14 +13,15 @@ from acme.wxplatform.v1 import session_service_pb2_grpc as pb_grpc
 from wxplatform.core.model import SessionChange, StoredSession
 from wxplatform.core.services.sessions import SessionService
 
-__all__ = ["SessionServicer"]
+__all__ = ["SessionServicer", "session_message"]
 
 
 def _time(ms: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
-def _session(app_id: str, session: StoredSession) -> pb.Session:
+def session_message(app_id: str, session: StoredSession) -> pb.Session:
+    """The API form of a stored session."""
     return pb.Session(
         session_id=session.session_id,
         app_id=app_id,
@@ -61,20 +62,20 @@ class SessionServicer(pb_grpc.SessionServiceServicer):
             ttl_seconds=ttl,
         )
         return pb.CreateSessionResponse(
-            session_token=created.token, session=_session(request.app_id, created.session)
+            session_token=created.token, session=session_message(request.app_id, created.session)
         )
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetSessionResponse:
         session = await self._service.get(request.app_id, request.session_token)
-        return pb.GetSessionResponse(session=_session(request.app_id, session))
+        return pb.GetSessionResponse(session=session_message(request.app_id, session))
 
     async def RefreshSession(
         self, request: pb.RefreshSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RefreshSessionResponse:
         session = await self._service.refresh(request.app_id, request.session_token)
-        return pb.RefreshSessionResponse(session=_session(request.app_id, session))
+        return pb.RefreshSessionResponse(session=session_message(request.app_id, session))
 
     async def RevokeSession(
         self, request: pb.RevokeSessionRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -30,7 +30,7 @@ from wxplatform.errors import (
     ShuttingDown,
 )
 
-__all__ = ["NewSession", "SessionService", "token_hash"]
+__all__ = ["NewSession", "SessionService", "check_attributes", "token_hash"]
 
 TOKEN_BYTES = 32  # 256 bits
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # what secrets.token_urlsafe(32) gives
@@ -96,7 +96,7 @@ class SessionService:
         if unionid:
             checks.openid("unionid", unionid)
         attributes = dict(attributes or {})
-        _check_attributes(checks, attributes)
+        check_attributes(checks, attributes)
         if ttl_seconds is not None and not 1 <= ttl_seconds <= config.idle_ttl_seconds:
             checks.fail("ttl", f"must be between 1 s and {config.idle_ttl_seconds} s")
         checks.done()
@@ -187,7 +187,8 @@ def _found(session: StoredSession | None) -> StoredSession:
     return session
 
 
-def _check_attributes(checks: Checks, attributes: Mapping[str, str]) -> None:
+def check_attributes(checks: Checks, attributes: Mapping[str, str]) -> None:
+    """The bounds on a session's attributes (at most 32, 4 KiB in all, plain keys)."""
     if len(attributes) > MAX_ATTRIBUTES:
         checks.fail("attributes", f"must hold at most {MAX_ATTRIBUTES} entries")
     size = 0

@@ -348,6 +348,8 @@ class DecryptUserDataRequest(_message.Message):
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     ENCRYPTED_DATA_FIELD_NUMBER: _builtins.int
     IV_FIELD_NUMBER: _builtins.int
+    RAW_DATA_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     """The mini program."""
     session_token: _builtins.str
@@ -356,6 +358,12 @@ class DecryptUserDataRequest(_message.Message):
     """`encryptedData` from the mini program (base64)."""
     iv: _builtins.str
     """`iv` from the mini program (base64)."""
+    raw_data: _builtins.str
+    """`rawData` from the mini program, to check with `signature` (optional; both
+    or neither).
+    """
+    signature: _builtins.str
+    """`signature`: sha1 hex of `raw_data` and the session key."""
     def __init__(
         self,
         *,
@@ -363,10 +371,12 @@ class DecryptUserDataRequest(_message.Message):
         session_token: _builtins.str = ...,
         encrypted_data: _builtins.str = ...,
         iv: _builtins.str = ...,
+        raw_data: _builtins.str = ...,
+        signature: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "encrypted_data", b"encrypted_data", "iv", b"iv", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "encrypted_data", b"encrypted_data", "iv", b"iv", "raw_data", b"raw_data", "session_token", b"session_token", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -401,3 +411,65 @@ class DecryptUserDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecryptUserDataResponse: _TypeAlias = DecryptUserDataResponse  # noqa: Y015
+
+@_typing.final
+class GetPhoneNumberRequest(_message.Message):
+    """Request of `OAuthService.GetPhoneNumber`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    app_id: _builtins.str
+    """The mini program."""
+    code: _builtins.str
+    """The code from the phone-number button (`bindgetphonenumber`)."""
+    def __init__(
+        self,
+        *,
+        app_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "code", b"code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPhoneNumberRequest: _TypeAlias = GetPhoneNumberRequest  # noqa: Y015
+
+@_typing.final
+class GetPhoneNumberResponse(_message.Message):
+    """Response of `OAuthService.GetPhoneNumber`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    PURE_PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    COUNTRY_CODE_FIELD_NUMBER: _builtins.int
+    WATERMARK_TIME_FIELD_NUMBER: _builtins.int
+    phone_number: _builtins.str
+    """The number with its country code for numbers outside mainland China."""
+    pure_phone_number: _builtins.str
+    """The number without the country code."""
+    country_code: _builtins.str
+    """The country code, e.g. "86"."""
+    @_builtins.property
+    def watermark_time(self) -> _timestamp_pb2.Timestamp:
+        """When WeChat produced the answer (its watermark)."""
+
+    def __init__(
+        self,
+        *,
+        phone_number: _builtins.str = ...,
+        pure_phone_number: _builtins.str = ...,
+        country_code: _builtins.str = ...,
+        watermark_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["watermark_time", b"watermark_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["country_code", b"country_code", "phone_number", b"phone_number", "pure_phone_number", b"pure_phone_number", "watermark_time", b"watermark_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPhoneNumberResponse: _TypeAlias = GetPhoneNumberResponse  # noqa: Y015

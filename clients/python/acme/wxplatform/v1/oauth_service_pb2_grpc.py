@@ -61,6 +61,11 @@ class OAuthServiceStub:
                 request_serializer=acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.DecryptUserDataRequest.SerializeToString,
                 response_deserializer=acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.DecryptUserDataResponse.FromString,
                 _registered_method=True)
+        self.GetPhoneNumber = channel.unary_unary(
+                '/acme.wxplatform.v1.OAuthService/GetPhoneNumber',
+                request_serializer=acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.GetPhoneNumberRequest.SerializeToString,
+                response_deserializer=acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.GetPhoneNumberResponse.FromString,
+                _registered_method=True)
 
 
 class OAuthServiceServicer:
@@ -122,10 +127,26 @@ class OAuthServiceServicer:
 
     def DecryptUserData(self, request, context):
         """Decrypts mini-program `encryptedData` with the `session_key` held for a
-        session, and checks its watermark.
+        session's user, and checks its watermark (and, when given, the `rawData`
+        signature). Data made with a session key that a later login replaced fails
+        with USER_DATA_INVALID saying so: the mini program must send fresh data.
 
-        Errors: INVALID_ARGUMENT (USER_DATA_INVALID), NOT_FOUND (unknown app or
-        session), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (USER_DATA_INVALID), FAILED_PRECONDITION (not a
+        mini program), NOT_FOUND (unknown app; SESSION_NOT_FOUND),
+        UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPhoneNumber(self, request, context):
+        """Exchanges the one-time `code` of a mini program's phone-number button for
+        the user's phone number (`wxa/business/getuserphonenumber`, with the app's
+        central access token), and checks its watermark.
+
+        Errors: INVALID_ARGUMENT (AUTH_CODE_INVALID, USER_DATA_INVALID),
+        FAILED_PRECONDITION (not a mini program), NOT_FOUND, UNAUTHENTICATED,
+        PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +179,11 @@ def add_OAuthServiceServicer_to_server(servicer, server):
                     servicer.DecryptUserData,
                     request_deserializer=acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.DecryptUserDataRequest.FromString,
                     response_serializer=acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.DecryptUserDataResponse.SerializeToString,
+            ),
+            'GetPhoneNumber': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPhoneNumber,
+                    request_deserializer=acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.GetPhoneNumberRequest.FromString,
+                    response_serializer=acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.GetPhoneNumberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -297,6 +323,33 @@ class OAuthService:
             '/acme.wxplatform.v1.OAuthService/DecryptUserData',
             acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.DecryptUserDataRequest.SerializeToString,
             acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.DecryptUserDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPhoneNumber(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/acme.wxplatform.v1.OAuthService/GetPhoneNumber',
+            acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.GetPhoneNumberRequest.SerializeToString,
+            acme_dot_wxplatform_dot_v1_dot_oauth__service__pb2.GetPhoneNumberResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,10 +73,22 @@ class OAuthServiceStub:
     """
     DecryptUserData: _grpc.UnaryUnaryMultiCallable[_oauth_service_pb2.DecryptUserDataRequest, _oauth_service_pb2.DecryptUserDataResponse]
     """Decrypts mini-program `encryptedData` with the `session_key` held for a
-    session, and checks its watermark.
+    session's user, and checks its watermark (and, when given, the `rawData`
+    signature). Data made with a session key that a later login replaced fails
+    with USER_DATA_INVALID saying so: the mini program must send fresh data.
 
-    Errors: INVALID_ARGUMENT (USER_DATA_INVALID), NOT_FOUND (unknown app or
-    session), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (USER_DATA_INVALID), FAILED_PRECONDITION (not a
+    mini program), NOT_FOUND (unknown app; SESSION_NOT_FOUND),
+    UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+    """
+    GetPhoneNumber: _grpc.UnaryUnaryMultiCallable[_oauth_service_pb2.GetPhoneNumberRequest, _oauth_service_pb2.GetPhoneNumberResponse]
+    """Exchanges the one-time `code` of a mini program's phone-number button for
+    the user's phone number (`wxa/business/getuserphonenumber`, with the app's
+    central access token), and checks its watermark.
+
+    Errors: INVALID_ARGUMENT (AUTH_CODE_INVALID, USER_DATA_INVALID),
+    FAILED_PRECONDITION (not a mini program), NOT_FOUND, UNAUTHENTICATED,
+    PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED.
     """
 
 @_typing.type_check_only
@@ -124,10 +136,22 @@ class OAuthServiceAsyncStub(OAuthServiceStub):
     """
     DecryptUserData: _aio.UnaryUnaryMultiCallable[_oauth_service_pb2.DecryptUserDataRequest, _oauth_service_pb2.DecryptUserDataResponse]  # type: ignore[assignment]
     """Decrypts mini-program `encryptedData` with the `session_key` held for a
-    session, and checks its watermark.
+    session's user, and checks its watermark (and, when given, the `rawData`
+    signature). Data made with a session key that a later login replaced fails
+    with USER_DATA_INVALID saying so: the mini program must send fresh data.
 
-    Errors: INVALID_ARGUMENT (USER_DATA_INVALID), NOT_FOUND (unknown app or
-    session), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+    Errors: INVALID_ARGUMENT (USER_DATA_INVALID), FAILED_PRECONDITION (not a
+    mini program), NOT_FOUND (unknown app; SESSION_NOT_FOUND),
+    UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+    """
+    GetPhoneNumber: _aio.UnaryUnaryMultiCallable[_oauth_service_pb2.GetPhoneNumberRequest, _oauth_service_pb2.GetPhoneNumberResponse]  # type: ignore[assignment]
+    """Exchanges the one-time `code` of a mini program's phone-number button for
+    the user's phone number (`wxa/business/getuserphonenumber`, with the app's
+    central access token), and checks its watermark.
+
+    Errors: INVALID_ARGUMENT (AUTH_CODE_INVALID, USER_DATA_INVALID),
+    FAILED_PRECONDITION (not a mini program), NOT_FOUND, UNAUTHENTICATED,
+    PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED.
     """
 
 class OAuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -202,10 +226,28 @@ class OAuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_oauth_service_pb2.DecryptUserDataResponse, _abc.Awaitable[_oauth_service_pb2.DecryptUserDataResponse]]:
         """Decrypts mini-program `encryptedData` with the `session_key` held for a
-        session, and checks its watermark.
+        session's user, and checks its watermark (and, when given, the `rawData`
+        signature). Data made with a session key that a later login replaced fails
+        with USER_DATA_INVALID saying so: the mini program must send fresh data.
 
-        Errors: INVALID_ARGUMENT (USER_DATA_INVALID), NOT_FOUND (unknown app or
-        session), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+        Errors: INVALID_ARGUMENT (USER_DATA_INVALID), FAILED_PRECONDITION (not a
+        mini program), NOT_FOUND (unknown app; SESSION_NOT_FOUND),
+        UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPhoneNumber(
+        self,
+        request: _oauth_service_pb2.GetPhoneNumberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oauth_service_pb2.GetPhoneNumberResponse, _abc.Awaitable[_oauth_service_pb2.GetPhoneNumberResponse]]:
+        """Exchanges the one-time `code` of a mini program's phone-number button for
+        the user's phone number (`wxa/business/getuserphonenumber`, with the app's
+        central access token), and checks its watermark.
+
+        Errors: INVALID_ARGUMENT (AUTH_CODE_INVALID, USER_DATA_INVALID),
+        FAILED_PRECONDITION (not a mini program), NOT_FOUND, UNAUTHENTICATED,
+        PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED.
         """
 
 def add_OAuthServiceServicer_to_server(servicer: OAuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
