@@ -15,7 +15,7 @@ CODE   := wxplatform edge tests tools bench clients/python/wxplatform_client
 help:
 	@echo "make run     start redis + WeChat simulator + core + edge (dev config in .wxplatform/)"
 	@echo "make test    run the test suite"
-	@echo "make test-busy [TESTS=...] [COUNT=K]  the suite (or TESTS) K times beside a busy loop per CPU"
+	@echo "make test-busy [TESTS=...] [COUNT=K] [PROBE=1]  the suite (or TESTS) K times beside a busy loop per CPU"
 	@echo "make check   format check, lint, types, buf lint, proto and config-table drift, layering"
 	@echo "make fmt     format the code"
 	@echo "make proto   regenerate clients/python from protos/"
@@ -44,11 +44,13 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 # The suite as a busy CI machine runs it: one busy loop per CPU at the same priority.
-# TESTS narrows it (pytest arguments), COUNT repeats each chosen test K times.
+# TESTS narrows it (pytest arguments), COUNT repeats each chosen test K times, PROBE=1
+# prints where any Redis connection left unclosed was opened (tests/leak_probe.py).
 TESTS ?=
 COUNT ?= 1
+PROBE ?=
 test-busy: $(STAMP)
-	$(PY) tools/busy.py -- $(BIN)/pytest -q --count=$(COUNT) $(TESTS)
+	$(if $(PROBE),WXP_LEAK_PROBE=1) $(PY) tools/busy.py -- $(BIN)/pytest -q --count=$(COUNT) $(TESTS)
 
 check: $(STAMP) node_modules/.installed
 	$(BIN)/ruff format --check $(CODE)

@@ -14,6 +14,9 @@ import redis.asyncio as redis
 from wxplatform.core.adapters.redis_client import connect
 from wxplatform.embedded_redis import EmbeddedRedis
 
+if os.environ.get("WXP_LEAK_PROBE") == "1":
+    import tests.leak_probe  # noqa: F401 - installs itself (make test-busy PROBE=1)
+
 HERE = Path(__file__).parent
 
 
