@@ -21,6 +21,7 @@ from edge.handlers import (
     InFlight,
     MetricsHandler,
 )
+from edge.oauth import OAuthCallbackHandler, OAuthDeps, OAuthStartHandler
 from edge.replayer import Replayer
 from edge.spool import Spool
 from wxplatform.clock import Clock, SystemClock
@@ -44,9 +45,12 @@ def make_app(
     `metrics_dir`: the directory the worker processes of one edge keep their metrics
     in (`PROMETHEUS_MULTIPROC_DIR`); `/metrics` then answers for all of them.
     """
+    web = OAuthDeps(settings.apps, deps.core, deps.clock)
     return tornado.web.Application(
         [
             (r"/wx/(?P<app_id>[^/]+)", CallbackHandler, {"deps": deps}),
+            (r"/oauth/(?P<app_id>[^/]+)/start", OAuthStartHandler, {"deps": web}),
+            (r"/oauth/(?P<app_id>[^/]+)/callback", OAuthCallbackHandler, {"deps": web}),
             (r"/healthz", HealthHandler),
             (r"/metrics", MetricsHandler, {"registry": metrics.registry(metrics_dir)}),
         ],

@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from wxplatform_client import from_rpc_error
@@ -30,9 +30,11 @@ from acme.wxplatform.v1 import (
     inbound_message_pb2,
     ingress_service_pb2,
     ingress_service_pb2_grpc,
+    oauth_service_pb2,
+    oauth_service_pb2_grpc,
 )
 from edge import metrics
-from edge.errors import CoreRejected, CoreUnreachable
+from edge.errors import CoreRefused, CoreRejected, CoreUnreachable
 from wxplatform.config import Secret
 from wxplatform.logs import REQUEST_ID_METADATA, new_request_id
 
@@ -54,6 +56,9 @@ _STUCK_AFTER = 16  # deadlines passed in a row with no answer at all: reopen the
 _UNARY_RECHECK = 60.0  # seconds between looks for DeliverStream on a core that had none
 _CLOSE_WAIT = 5.0  # seconds `close` waits for answers to deliveries already sent
 _HEADERS = 1.0  # seconds the first write waits for core to accept the stream
+_OAUTH_TIMEOUT = 10.0  # a web login: up to three WeChat calls behind it, and a person waiting
+# Codes that, without a reason of core's, mean core itself was not reached.
+_UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 Response = ingress_service_pb2.DeliverMessageResponse
 
@@ -251,6 +256,7 @@ class CoreClient:
             ],
         )
         self._stub = ingress_service_pb2_grpc.IngressServiceStub(self._channel)
+        self._oauth = oauth_service_pb2_grpc.OAuthServiceStub(self._channel)
         self._auth = (("authorization", f"Bearer {credential.reveal()}"),) if credential else ()
         self._stream: _Stream | None = None
         # Until then one unary call per push: core had no DeliverStream (older version).
@@ -315,6 +321,39 @@ class CoreClient:
             raise _failure(exc.code(), _reason(exc), exc.details() or "") from None
         metrics.CORE_CALLS.labels("OK").inc()
         return response
+
+    async def build_authorize_url(
+        self, request: oauth_service_pb2.BuildAuthorizeUrlRequest, *, request_id: str
+    ) -> oauth_service_pb2.BuildAuthorizeUrlResponse:
+        """Start a web login; raises `CoreRefused` or `CoreUnreachable`."""
+        return cast(
+            oauth_service_pb2.BuildAuthorizeUrlResponse,
+            await self._oauth_call(self._oauth.BuildAuthorizeUrl, request, request_id),
+        )
+
+    async def exchange_code(
+        self, request: oauth_service_pb2.ExchangeCodeRequest, *, request_id: str
+    ) -> oauth_service_pb2.ExchangeCodeResponse:
+        """Complete a web login; raises `CoreRefused` or `CoreUnreachable`."""
+        return cast(
+            oauth_service_pb2.ExchangeCodeResponse,
+            await self._oauth_call(self._oauth.ExchangeCode, request, request_id),
+        )
+
+    async def _oauth_call(self, method: Any, request: Any, request_id: str) -> Any:
+        try:
+            return await method(
+                request,
+                timeout=_OAUTH_TIMEOUT,
+                metadata=((REQUEST_ID_METADATA, request_id), *self._auth),
+            )
+        except grpc.aio.AioRpcError as exc:
+            reason = _reason(exc)
+            if exc.code() in _UNREACHABLE_CODES and reason in ("", "SHUTTING_DOWN"):
+                raise CoreUnreachable(
+                    f"core_{exc.code().name.lower()}", exc.details() or ""
+                ) from None
+            raise CoreRefused(reason or exc.code().name, exc.details() or "") from None
 
     async def close(self) -> None:
         """Close the stream (answers to deliveries in flight still arrive) and the channel."""

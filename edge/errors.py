@@ -12,6 +12,7 @@
     ├── PayloadTooLarge      413  body over the configured cap
     ├── LengthRequired       411  a push without Content-Length (WeChat always sends one)
     ├── CoreRejected         403/400  core refused the message for good (replay, malformed)
+    ├── CoreRefused          core refused a web-login call; `reason` is core's ErrorReason
     ├── CoreUnreachable      503  core did not answer: the handler spools the push instead
     └── SpoolFailed          503  core unreachable and the spool could not take the push
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "BadParameters",
     "BadPayload",
+    "CoreRefused",
     "CoreRejected",
     "CoreUnreachable",
     "EdgeRejection",
@@ -116,6 +118,12 @@ class CoreRejected(EdgeRejection):
     def __init__(self, reason: str, detail: str = "", *, status: int) -> None:
         super().__init__(reason, detail)
         self.status = status
+
+
+class CoreRefused(EdgeRejection):
+    """Core answered a web-login call with an error; `reason` is its ErrorReason name."""
+
+    status = 400
 
 
 class CoreUnreachable(EdgeRejection):

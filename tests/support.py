@@ -37,6 +37,8 @@ from wxplatform.sim import WeChatSimulator
 EDGE_CREDENTIAL = "edge-credential-" + secrets.token_hex(8)
 TEAM_CREDENTIAL = "team-credential-" + secrets.token_hex(8)
 OTHER_CREDENTIAL = "other-credential-" + secrets.token_hex(8)
+# What the edge calls: deliveries, and the two halves of a web login.
+EDGE_RPCS = ["IngressService/*", "OAuthService/BuildAuthorizeUrl", "OAuthService/ExchangeCode"]
 VAULT_KEY = "dGVzdC12YXVsdC1rZXktb2YtMzItYnl0ZXMtLS0tLS0="  # 32 bytes, base64
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # a published sample key
 
@@ -91,7 +93,7 @@ def make_settings(
             {
                 "name": "edge",
                 "token_sha256": hash_credential(EDGE_CREDENTIAL),
-                "allow": [{"apps": ["*"], "rpcs": ["IngressService/*"]}],
+                "allow": [{"apps": ["*"], "rpcs": EDGE_RPCS}],
             },
             {
                 "name": "team",
@@ -138,7 +140,10 @@ async def running_simulator(
     sim = WeChatSimulator(settings.apps, clock or SystemClock())
     await sim.start()
     try:
-        yield sim, replace(settings, wechat=WeChatConfig(api_base=sim.base_url))
+        yield (
+            sim,
+            replace(settings, wechat=WeChatConfig(api_base=sim.base_url, open_base=sim.base_url)),
+        )
     finally:
         await sim.stop()
 

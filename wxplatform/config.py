@@ -40,6 +40,7 @@ __all__ = [
     "DevConfig",
     "EdgeConfig",
     "Grant",
+    "OAuthConfig",
     "RedisConfig",
     "ReplyRule",
     "ReplySpec",
@@ -288,11 +289,16 @@ class WeChatConfig(_Schema, frozen=True):
     api_base: Annotated[str, Meta(description="WeChat's API (the simulator in dev)")] = (
         "https://api.weixin.qq.com"
     )
+    open_base: Annotated[
+        str, Meta(description="where WeChat's authorize pages are (the simulator in dev)")
+    ] = "https://open.weixin.qq.com"
 
     def __post_init__(self) -> None:
-        if not self.api_base.startswith(("http://", "https://")):
-            raise _Problem("api_base", "must be an http(s) URL")
-        msgspec.structs.force_setattr(self, "api_base", self.api_base.rstrip("/"))
+        for name in ("api_base", "open_base"):
+            value: str = getattr(self, name)
+            if not value.startswith(("http://", "https://")):
+                raise _Problem(name, "must be an http(s) URL")
+            msgspec.structs.force_setattr(self, name, value.rstrip("/"))
 
 
 class DevConfig(_Schema, frozen=True):
@@ -445,6 +451,69 @@ class SessionConfig(_Schema, frozen=True):
             raise _Problem("idle_ttl_seconds", "must not exceed absolute_ttl_seconds")
 
 
+class OAuthConfig(_Schema, frozen=True):
+    """`[apps.oauth]`: web login through WeChat for an official account's pages."""
+
+    public_base_url: Annotated[
+        str,
+        Meta(
+            description="the edge's public base URL; its host is the domain registered at "
+            "WeChat for web authorization. Empty: no web login for this app"
+        ),
+    ] = ""
+    return_urls: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="where a login may return to, as `scheme://host[:port]/path-prefix`; "
+            "a return URL must match one exactly in scheme, host and port and start with "
+            "its path at a `/` boundary"
+        ),
+    ] = ()
+    cookie_name: Annotated[
+        str,
+        _pattern(
+            r"^[A-Za-z0-9_-]{1,64}$",
+            "must be 1-64 characters of [A-Za-z0-9_-]",
+            "the session cookie the edge sets (always HttpOnly, SameSite=Lax)",
+        ),
+    ] = "wxp_session"
+    cookie_domain: Annotated[
+        str, Meta(description="its Domain attribute; empty: the edge's host only")
+    ] = ""
+    cookie_path: Annotated[str, Meta(description="its Path attribute")] = "/"
+    cookie_secure: Annotated[
+        bool, Meta(description="its Secure attribute; turn off only for local development")
+    ] = True
+
+    def __post_init__(self) -> None:
+        if self.public_base_url:
+            if not _absolute_url(self.public_base_url):
+                raise _Problem("public_base_url", "must be an http(s) URL without query")
+            msgspec.structs.force_setattr(self, "public_base_url", self.public_base_url.rstrip("/"))
+        for i, url in enumerate(self.return_urls):
+            if not _absolute_url(url):
+                raise _Problem(f"return_urls[{i}]", "must be an http(s) URL without query")
+        if self.public_base_url and not self.return_urls:
+            raise _Problem("return_urls", "must list at least one URL with web login on")
+        if not self.cookie_path.startswith("/"):
+            raise _Problem("cookie_path", "must start with /")
+
+
+def _absolute_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+        and url.isascii()
+    )
+
+
 class AppConfig(_Schema, frozen=True, kw_only=True):
     """`[[apps]]`: one WeChat app (official account or mini program)."""
 
@@ -494,6 +563,7 @@ class AppConfig(_Schema, frozen=True, kw_only=True):
     ] = None
     subscribe_reply: Annotated[ReplySpec | None, Meta(description="reply to a follow")] = None
     sessions: SessionConfig = field(default_factory=SessionConfig)
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
 
     def __post_init__(self) -> None:
         if not self.app_secret.reveal():
@@ -513,6 +583,8 @@ class AppConfig(_Schema, frozen=True, kw_only=True):
         if self.kind == "mini_program" and replies:
             # Mini programs have no passive replies (docs/wechat.md §4.1): use customer service.
             raise _Problem("auto_reply", "mini programs have no passive replies")
+        if self.oauth.public_base_url and self.kind != "official_account":
+            raise _Problem("oauth.public_base_url", "web login is for official accounts")
         if self.data_format == "json" and replies:
             # WeChat documents passive replies as XML only; a JSON reply would be dropped.
             raise _Problem("auto_reply", 'passive replies need data_format = "xml"')
@@ -609,9 +681,13 @@ class ConfigFile(_Schema, frozen=True):
             raise _Problem(
                 "edge.spool_max_age_seconds", "must be shorter than core.dedup_ttl_seconds"
             )
-        if not self.vault.keys and any(a.kind == "mini_program" for a in self.apps):
+        if not self.vault.keys and any(
+            a.kind == "mini_program" or a.oauth.public_base_url for a in self.apps
+        ):
             raise _Problem(
-                "vault.keys", "is required with a mini program: it encrypts session keys at rest"
+                "vault.keys",
+                "is required with a mini program or web login: it encrypts session keys "
+                "and OAuth tokens at rest",
             )
         app_ids: set[str] = set()
         for i, app in enumerate(self.apps):

@@ -76,7 +76,9 @@ async def run_dev(state_dir: Path, *, config: str | None, environ: Mapping[str, 
                 edge_config, spool_path=str(state_dir / "edge-spool.sqlite3")
             )
         settings = msgspec.structs.replace(
-            settings, wechat=WeChatConfig(api_base=sim.base_url), edge=edge_config
+            settings,
+            wechat=WeChatConfig(api_base=sim.base_url, open_base=sim.base_url),
+            edge=edge_config,
         )
         core = await create_server(settings, client)
         running.push_async_callback(core.stop)

@@ -97,6 +97,12 @@ content = "wxplatform received your message."
 type = "text"
 content = "Thanks for following the wxplatform demo."
 
+[apps.oauth]
+# Web login: /oauth/{PLAIN_APP}/start?return_url=... on the edge.
+public_base_url = "http://127.0.0.1:{ports.edge}"
+return_urls = ["http://127.0.0.1:{ports.edge}/", "http://localhost:{ports.edge}/"]
+cookie_secure = false  # the dev edge speaks plain http
+
 [[apps]]
 app_id = "{SAFE_APP}"
 kind = "official_account"
@@ -124,7 +130,7 @@ name = "edge"
 token_sha256 = "{hash_credential(edge_token)}"
 [[callers.allow]]
 apps = ["*"]
-rpcs = ["IngressService/*"]
+rpcs = ["IngressService/*", "OAuthService/BuildAuthorizeUrl", "OAuthService/ExchangeCode"]
 
 [[callers]]
 name = "demo"

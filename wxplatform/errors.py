@@ -21,6 +21,9 @@ edge turns them into HTTP replies in its one `write_error`.
     ├── DeliveryNotFound           DELIVERY_NOT_FOUND
     ├── SessionNotFound            SESSION_NOT_FOUND (unknown, expired and revoked alike)
     ├── UserDataInvalid            USER_DATA_INVALID
+    ├── OAuthStateInvalid          OAUTH_STATE_INVALID
+    ├── ReturnUrlNotAllowed        RETURN_URL_NOT_ALLOWED
+    ├── UserAuthorizationRequired  USER_AUTHORIZATION_REQUIRED
     ├── SessionEventsExpired       SESSION_EVENTS_EXPIRED
     ├── WindowClosed               WINDOW_CLOSED
     ├── WindowQuotaExhausted       WINDOW_QUOTA_EXHAUSTED
@@ -55,8 +58,10 @@ __all__ = [
     "IdempotentRequestInProgress",
     "InvalidRequest",
     "NotImplementedYet",
+    "OAuthStateInvalid",
     "RateLimited",
     "ReplayedRequest",
+    "ReturnUrlNotAllowed",
     "SessionEventsExpired",
     "SessionNotFound",
     "ShuttingDown",
@@ -64,6 +69,7 @@ __all__ = [
     "TokenRefreshLimited",
     "TokenRejected",
     "TokenUnavailable",
+    "UserAuthorizationRequired",
     "UserDataInvalid",
     "WeChatBadResponse",
     "WeChatOutcomeUnknown",
@@ -194,6 +200,24 @@ class DeliveryNotFound(WxPlatformError):
     """No delivery record with this id (or it expired)."""
 
     reason = "DELIVERY_NOT_FOUND"
+
+
+class OAuthStateInvalid(WxPlatformError):
+    """A web login's `state` is unknown, expired, used, forged or another browser's."""
+
+    reason = "OAUTH_STATE_INVALID"
+
+
+class ReturnUrlNotAllowed(WxPlatformError):
+    """The return URL is not on the app's allow-list."""
+
+    reason = "RETURN_URL_NOT_ALLOWED"
+
+
+class UserAuthorizationRequired(WxPlatformError):
+    """No usable user-level OAuth token or profile: the user must authorize again."""
+
+    reason = "USER_AUTHORIZATION_REQUIRED"
 
 
 class UserDataInvalid(WxPlatformError):

@@ -9,7 +9,6 @@ import wxplatform_client
 from acme.wxplatform.v1 import (
     event_service_pb2,
     ingress_service_pb2,
-    oauth_service_pb2,
     session_service_pb2,
     token_service_pb2,
 )
@@ -51,11 +50,6 @@ async def test_calls_carry_the_credential_and_map_errors(redis_client: redis.Red
                     session_service_pb2.GetSessionRequest(app_id=app_id, session_token="t")
                 )
             assert missing.value.reason == "SESSION_NOT_FOUND"
-            with pytest.raises(wxplatform_client.Unimplemented) as unimplemented:
-                await team.oauth.GetUserInfo(
-                    oauth_service_pb2.GetUserInfoRequest(app_id=app_id, openid="oUser1")
-                )
-            assert unimplemented.value.reason == "NOT_IMPLEMENTED"
         async with wxplatform_client.Client(target, "wrong") as stranger:
             with pytest.raises(wxplatform_client.Unauthenticated):
                 await stranger.ingress.DeliverMessage(

@@ -18,8 +18,6 @@ from acme.wxplatform.v1 import error_reason_pb2 as error_reason
 from acme.wxplatform.v1 import ingress_service_pb2 as ingress
 from acme.wxplatform.v1 import (
     ingress_service_pb2_grpc,
-    oauth_service_pb2,
-    oauth_service_pb2_grpc,
     token_service_pb2,
     token_service_pb2_grpc,
 )
@@ -80,27 +78,6 @@ async def test_authorization_is_per_caller_app_and_rpc(redis_client: redis.Redis
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_unimplemented_services_say_so_with_a_reason(redis_client: redis.Redis) -> None:
-    app_id = new_app_id()
-    async with running_stack(make_settings(app_table(app_id)), redis_client) as stack:
-        oauth = oauth_service_pb2_grpc.OAuthServiceStub(stack.channel)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await oauth.GetUserInfo(
-                oauth_service_pb2.GetUserInfoRequest(app_id=app_id, openid="oUser1"),
-                metadata=bearer(TEAM_CREDENTIAL),
-            )
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert error_info(caught.value)[0] == "NOT_IMPLEMENTED"
-
-
-# Answer NOT_IMPLEMENTED until they land (docs/architecture.md).
-NOT_YET = {
-    "acme.wxplatform.v1.OAuthService/BuildAuthorizeUrl",
-    "acme.wxplatform.v1.OAuthService/ExchangeCode",
-    "acme.wxplatform.v1.OAuthService/GetUserInfo",
-}
-
-
 async def test_every_rpc_of_the_api_is_served(redis_client: redis.Redis) -> None:
     """Each RPC of the descriptors reaches a handler of ours, not the generated base.
 
@@ -135,10 +112,7 @@ async def test_every_rpc_of_the_api_is_served(redis_client: redis.Redis) -> None
                         await call(b"", metadata=bearer(TEAM_CREDENTIAL))
                     refusal = caught.value
                 reason = from_rpc_error(refusal).reason
-                if rpc in NOT_YET:
-                    assert reason == "NOT_IMPLEMENTED", rpc
-                else:
-                    assert reason in {"APP_NOT_FOUND", "INVALID_REQUEST"}, (rpc, refusal)
+                assert reason in {"APP_NOT_FOUND", "INVALID_REQUEST"}, (rpc, refusal)
 
 
 async def _first_error(call: Any) -> grpc.aio.AioRpcError:

@@ -68,6 +68,14 @@ def with_change(path: str, value: Any) -> dict[str, Any]:
         ("callers.0.allow", [{"apps": ["*"], "rpcs": ["Token"]}], "callers[0].allow[0].rpcs[0]"),
         ("log_level", "LOUD", "log_level"),
         ("core", "fast", "core"),
+        ("apps.0.oauth", {"public_base_url": "ftp://x"}, "apps[0].oauth.public_base_url"),
+        ("apps.0.oauth", {"public_base_url": "https://e.test"}, "apps[0].oauth.return_urls"),
+        (
+            "apps.0.oauth",
+            {"public_base_url": "https://e.test", "return_urls": ["https://u@shop.test/"]},
+            "apps[0].oauth.return_urls[0]",
+        ),
+        ("wechat.open_base", "open.weixin.qq.com", "wechat.open_base"),
         (
             "apps.0.sessions",
             {"idle_ttl_seconds": 7200, "absolute_ttl_seconds": 3600},

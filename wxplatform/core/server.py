@@ -47,12 +47,14 @@ from wxplatform.core.servicers.oauth import OAuthServicer
 from wxplatform.core.servicers.sessions import SessionServicer
 from wxplatform.core.servicers.tokens import TokenServicer
 from wxplatform.core.services.events import EventService
+from wxplatform.core.services.identity import IdentityDeps
 from wxplatform.core.services.ingress import IngressService
 from wxplatform.core.services.messaging import MessagingService
 from wxplatform.core.services.mini_program import MiniProgramIdentity
 from wxplatform.core.services.sessions import SessionService
 from wxplatform.core.services.tokens import TokenService
 from wxplatform.core.services.vault import Vault
+from wxplatform.core.services.web_login import WebLogin
 
 __all__ = ["API_SERVICES", "CoreServer", "create_server"]
 
@@ -165,7 +167,7 @@ async def create_server(
         redis_client, event_retention=settings.core.session_event_retention
     )
     sessions = SessionService(settings.apps, session_store, clock, stopping=stopping)
-    mini_programs = MiniProgramIdentity(
+    identity = IdentityDeps(
         settings.apps,
         wechat=wechat,
         tokens=tokens,
@@ -174,6 +176,8 @@ async def create_server(
         vault=Vault(settings.vault.keys),
         clock=clock,
     )
+    mini_programs = MiniProgramIdentity(identity)
+    web_login = WebLogin(identity, open_base=settings.wechat.open_base)
     events = EventService(
         settings.apps,
         event_log,
@@ -194,7 +198,9 @@ async def create_server(
         MessagingServicer(messaging), server
     )
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(sessions), server)
-    oauth_service_pb2_grpc.add_OAuthServiceServicer_to_server(OAuthServicer(mini_programs), server)
+    oauth_service_pb2_grpc.add_OAuthServiceServicer_to_server(
+        OAuthServicer(web_login, mini_programs), server
+    )
 
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -38,6 +38,15 @@ from wxplatform.sim.faults import Fault
 from wxplatform.sim.logins import LoginBook, UserData
 from wxplatform.sim.messages import original_id, text_message
 from wxplatform.sim.mini_program import Code2SessionHandler, PhoneNumberHandler
+from wxplatform.sim.oauth import OAuthBook
+from wxplatform.sim.oauth_pages import (
+    AuthorizePageHandler,
+    SnsAccessTokenHandler,
+    SnsAuthHandler,
+    SnsRefreshTokenHandler,
+    SnsUserInfoHandler,
+    UserInfoHandler,
+)
 from wxplatform.sim.outbox import JOB_STATUSES, ResultRule
 from wxplatform.sim.push import PushResult, push
 from wxplatform.sim.sends import BizSendHandler, SubscribeSendHandler, TemplateSendHandler
@@ -96,6 +105,7 @@ class WeChatSimulator:
             TicketStore(self.apps, clock),
             CallbackQueue(self.push, callback_urls, callback_delay),
             LoginBook(self.apps, clock),
+            OAuthBook(self.apps, clock),
         )
         self._server: HTTPServer | None = None
         self._host = "127.0.0.1"
@@ -288,6 +298,18 @@ class WeChatSimulator:
         self.apps[app_id] = msgspec.structs.replace(self._app(app_id), app_secret=Secret(secret))
         return secret
 
+    # -- web authorization -------------------------------------------------------------
+
+    def set_profile(self, app_id: str, openid: str, **fields: Any) -> dict[str, Any]:
+        """A user's WeChat profile (`nickname`, `head_image_url`, `unionid`, `snapshot`)."""
+        self._app(app_id)
+        return self.state.oauth.set_profile(app_id, openid, **fields).to_json()
+
+    def set_browser_user(self, app_id: str, openid: str) -> None:
+        """Who the consent page logs in as (a browser can still type another openid)."""
+        self._app(app_id)
+        self.state.oauth.set_browser_user(app_id, openid)
+
     # -- mini-program login ---------------------------------------------------------------
 
     def login_code(self, app_id: str, openid: str, unionid: str = "") -> str:
@@ -432,4 +454,10 @@ def _api_routes(state: SimState) -> list[tuple[str, type[ApiHandler], dict[str, 
         (r"/cgi-bin/message/subscribe/send", SubscribeSendHandler, kwargs),
         (r"/sns/jscode2session", Code2SessionHandler, kwargs),
         (r"/wxa/business/getuserphonenumber", PhoneNumberHandler, kwargs),
+        (r"/connect/oauth2/authorize", AuthorizePageHandler, kwargs),
+        (r"/sns/oauth2/access_token", SnsAccessTokenHandler, kwargs),
+        (r"/sns/oauth2/refresh_token", SnsRefreshTokenHandler, kwargs),
+        (r"/sns/userinfo", SnsUserInfoHandler, kwargs),
+        (r"/sns/auth", SnsAuthHandler, kwargs),
+        (r"/cgi-bin/user/info", UserInfoHandler, kwargs),
     ]

@@ -12,6 +12,7 @@ from wxplatform.sim.callbacks import CallbackQueue
 from wxplatform.sim.faults import FaultBook
 from wxplatform.sim.journal import RequestLog
 from wxplatform.sim.logins import LoginBook
+from wxplatform.sim.oauth import OAuthBook
 from wxplatform.sim.outbox import Outbox
 from wxplatform.sim.templates import TemplateBook
 from wxplatform.sim.tickets import TicketStore
@@ -26,7 +27,8 @@ class SimState:
 
     `audience` holds users, consent and windows; `templates` the registered templates;
     `outbox` what was sent; `callbacks` the result events pushed back to edges; `logins`
-    mini-program login and phone codes and users' session keys.
+    mini-program login and phone codes and users' session keys; `oauth` web
+    authorization codes, user tokens and profiles.
     """
 
     apps: Mapping[str, AppConfig]
@@ -35,6 +37,7 @@ class SimState:
     tickets: TicketStore
     callbacks: CallbackQueue
     logins: LoginBook
+    oauth: OAuthBook
     faults: FaultBook = field(default_factory=FaultBook)
     requests: RequestLog = field(default_factory=RequestLog)
     audience: Audience = field(default_factory=Audience)

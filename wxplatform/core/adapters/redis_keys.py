@@ -42,6 +42,12 @@ below, and written only by the module named as its owner.
     wxp:{app}:session_key:<openid>
         identity_store · the user's sealed session keys (current, previous) · the app's
         absolute session cap
+    wxp:{app}:oauth:state:<state>
+        identity_store · a web login's scope, return URL, browser binding, code · 10 min
+    wxp:{app}:oauth:exchange:<sha256 of state and code>
+        identity_store · what that exchange gave, for reloads · the code's 5 min
+    wxp:{app}:oauth:user:<openid>
+        identity_store · the user's sealed OAuth tokens, expiries, profile · 30 days
     wxp:{app}:<kind>
         credential_store · hash of value, expires_ms, fence · none (replaced in place)
     wxp:{app}:<kind>:lock
@@ -73,6 +79,9 @@ __all__ = [
     "forced_refreshes",
     "idempotency",
     "nonce",
+    "oauth_exchange",
+    "oauth_state",
+    "oauth_user",
     "rate",
     "session",
     "session_events",
@@ -155,6 +164,18 @@ def session_events(app_id: str) -> str:
 
 def session_key(app_id: str, openid: str) -> str:
     return app_key(app_id, "session_key", openid)
+
+
+def oauth_state(app_id: str, state: str) -> str:
+    return app_key(app_id, "oauth", "state", state)
+
+
+def oauth_exchange(app_id: str, exchange_sha256: str) -> str:
+    return app_key(app_id, "oauth", "exchange", exchange_sha256)
+
+
+def oauth_user(app_id: str, openid: str) -> str:
+    return app_key(app_id, "oauth", "user", openid)
 
 
 def credential(app_id: str, kind: str) -> str:

@@ -1,4 +1,4 @@
-"""`OAuthService`: mini-program login, open data and phone numbers (web OAuth: next)."""
+"""`OAuthService`: web login for official accounts, and mini-program identity."""
 
 from __future__ import annotations
 
@@ -12,7 +12,17 @@ from acme.wxplatform.v1 import oauth_service_pb2_grpc as pb_grpc
 from wxplatform.core.servicers.deadlines import deadline_of
 from wxplatform.core.servicers.sessions import session_message
 from wxplatform.core.services.mini_program import MiniProgramIdentity
-from wxplatform.errors import NotImplementedYet
+from wxplatform.core.services.web_login import WebLogin
+
+_SCOPES = {
+    pb.AUTHORIZE_SCOPE_UNSPECIFIED: "snsapi_base",
+    pb.AUTHORIZE_SCOPE_BASE: "snsapi_base",
+    pb.AUTHORIZE_SCOPE_USERINFO: "snsapi_userinfo",
+}
+_SCOPE_VALUES = {
+    "snsapi_base": pb.AUTHORIZE_SCOPE_BASE,
+    "snsapi_userinfo": pb.AUTHORIZE_SCOPE_USERINFO,
+}
 
 __all__ = ["OAuthServicer"]
 
@@ -20,23 +30,61 @@ __all__ = ["OAuthServicer"]
 class OAuthServicer(pb_grpc.OAuthServiceServicer):
     """Maps the OAuthService RPCs onto the identity services."""
 
-    def __init__(self, mini_programs: MiniProgramIdentity) -> None:
+    def __init__(self, web: WebLogin, mini_programs: MiniProgramIdentity) -> None:
+        self._web = web
         self._mini = mini_programs
 
     async def BuildAuthorizeUrl(
         self, request: pb.BuildAuthorizeUrlRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BuildAuthorizeUrlResponse:
-        raise NotImplementedYet("OAuthService/BuildAuthorizeUrl is not implemented yet")
+        built = await self._web.build_authorize_url(
+            request.app_id,
+            _SCOPES.get(request.scope, ""),
+            request.return_url,
+            force_popup=request.force_popup,
+            binding=request.browser_binding,
+        )
+        expiry = timestamp_pb2.Timestamp()
+        expiry.FromNanoseconds(int(built.expires_at * 1e9))
+        return pb.BuildAuthorizeUrlResponse(
+            authorize_url=built.url, state=built.state, expire_time=expiry
+        )
 
     async def ExchangeCode(
         self, request: pb.ExchangeCodeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ExchangeCodeResponse:
-        raise NotImplementedYet("OAuthService/ExchangeCode is not implemented yet")
+        identity = await self._web.exchange_code(
+            request.app_id,
+            request.code,
+            request.state,
+            binding=request.browser_binding,
+            deadline=deadline_of(context),
+        )
+        response = pb.ExchangeCodeResponse(
+            openid=identity.openid,
+            unionid=identity.unionid,
+            scope=_SCOPE_VALUES.get(identity.scope, pb.AUTHORIZE_SCOPE_BASE),
+            snapshot_user=identity.snapshot_user,
+            return_url=identity.return_url,
+        )
+        if identity.created is not None:
+            response.session_token = identity.created.token
+            response.session.CopyFrom(session_message(request.app_id, identity.created.session))
+        return response
 
     async def GetUserInfo(
         self, request: pb.GetUserInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetUserInfoResponse:
-        raise NotImplementedYet("OAuthService/GetUserInfo is not implemented yet")
+        profile = await self._web.user_info(
+            request.app_id, request.openid, request.lang, deadline=deadline_of(context)
+        )
+        return pb.GetUserInfoResponse(
+            openid=profile.openid,
+            nickname=profile.nickname,
+            head_image_url=profile.head_image_url,
+            unionid=profile.unionid,
+            privileges=profile.privileges,
+        )
 
     async def Code2Session(
         self, request: pb.Code2SessionRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -16,17 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from wxplatform.clock import Clock
 from wxplatform.config import AppConfig
-from wxplatform.core.adapters.identity_store import IdentityStore
-from wxplatform.core.adapters.wechat_client import Call, WeChatClient
+from wxplatform.core.adapters.wechat_client import Call
 from wxplatform.core.services.checks import Checks
-from wxplatform.core.services.sessions import NewSession, SessionService, check_attributes
-from wxplatform.core.services.tokens import TokenService
-from wxplatform.core.services.vault import Vault, VaultError
+from wxplatform.core.services.identity import IdentityDeps
+from wxplatform.core.services.sessions import NewSession, check_attributes
+from wxplatform.core.services.vault import VaultError
 from wxplatform.errors import (
-    AppKindMismatch,
-    AppNotFound,
     FieldViolation,
     InvalidRequest,
     UserDataInvalid,
@@ -68,32 +64,13 @@ class PhoneNumber:
 class MiniProgramIdentity:
     """Code2Session, DecryptUserData and GetPhoneNumber."""
 
-    def __init__(
-        self,
-        apps: Mapping[str, AppConfig],
-        *,
-        wechat: WeChatClient,
-        tokens: TokenService,
-        sessions: SessionService,
-        store: IdentityStore,
-        vault: Vault,
-        clock: Clock,
-    ) -> None:
-        self._apps = apps
-        self._wechat = wechat
-        self._tokens = tokens
-        self._sessions = sessions
-        self._store = store
-        self._vault = vault
-        self._clock = clock
+    def __init__(self, deps: IdentityDeps) -> None:
+        self._deps = deps
+        self._wechat, self._tokens, self._sessions = deps.wechat, deps.tokens, deps.sessions
+        self._store, self._vault, self._clock = deps.store, deps.vault, deps.clock
 
     def _mini_program(self, app_id: str) -> AppConfig:
-        app = self._apps.get(app_id)
-        if app is None:
-            raise AppNotFound(app_id)
-        if app.kind != "mini_program":
-            raise AppKindMismatch("this belongs to mini programs")
-        return app
+        return self._deps.app(app_id, "mini_program", "this belongs to mini programs")
 
     async def code_to_session(
         self, app_id: str, js_code: str, attributes: Mapping[str, str], *, deadline: float

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&acme/wxplatform/v1/oauth_service.proto\x12\x12\x61\x63me.wxplatform.v1\x1a(acme/wxplatform/v1/session_service.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x01\n\x18\x42uildAuthorizeUrlRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x31\n\x05scope\x18\x02 \x01(\x0e\x32\".acme.wxplatform.v1.AuthorizeScope\x12\x12\n\nreturn_url\x18\x03 \x01(\t\x12\x13\n\x0b\x66orce_popup\x18\x04 \x01(\x08\"r\n\x19\x42uildAuthorizeUrlResponse\x12\x15\n\rauthorize_url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x13\x45xchangeCodeRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\"\x95\x01\n\x14\x45xchangeCodeResponse\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x0f\n\x07unionid\x18\x02 \x01(\t\x12\x31\n\x05scope\x18\x03 \x01(\x0e\x32\".acme.wxplatform.v1.AuthorizeScope\x12\x15\n\rsnapshot_user\x18\x04 \x01(\x08\x12\x12\n\nreturn_url\x18\x05 \x01(\t\"B\n\x12GetUserInfoRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0e\n\x06openid\x18\x02 \x01(\t\x12\x0c\n\x04lang\x18\x03 \x01(\t\"t\n\x13GetUserInfoResponse\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x10\n\x08nickname\x18\x02 \x01(\t\x12\x16\n\x0ehead_image_url\x18\x03 \x01(\t\x12\x0f\n\x07unionid\x18\x04 \x01(\t\x12\x12\n\nprivileges\x18\x05 \x03(\t\"\xb6\x01\n\x13\x43ode2SessionRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0f\n\x07js_code\x18\x02 \x01(\t\x12K\n\nattributes\x18\x03 \x03(\x0b\x32\x37.acme.wxplatform.v1.Code2SessionRequest.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\x14\x43ode2SessionResponse\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x0f\n\x07unionid\x18\x02 \x01(\t\x12\x15\n\rsession_token\x18\x03 \x01(\t\x12,\n\x07session\x18\x04 \x01(\x0b\x32\x1b.acme.wxplatform.v1.Session\"\x88\x01\n\x16\x44\x65\x63ryptUserDataRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x16\n\x0e\x65ncrypted_data\x18\x03 \x01(\t\x12\n\n\x02iv\x18\x04 \x01(\t\x12\x10\n\x08raw_data\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\t\"t\n\x17\x44\x65\x63ryptUserDataResponse\x12%\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0ewatermark_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x15GetPhoneNumberRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x93\x01\n\x16GetPhoneNumberResponse\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x19\n\x11pure_phone_number\x18\x02 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x03 \x01(\t\x12\x32\n\x0ewatermark_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*i\n\x0e\x41uthorizeScope\x12\x1f\n\x1b\x41UTHORIZE_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UTHORIZE_SCOPE_BASE\x10\x01\x12\x1c\n\x18\x41UTHORIZE_SCOPE_USERINFO\x10\x02\x32\xfb\x04\n\x0cOAuthService\x12p\n\x11\x42uildAuthorizeUrl\x12,.acme.wxplatform.v1.BuildAuthorizeUrlRequest\x1a-.acme.wxplatform.v1.BuildAuthorizeUrlResponse\x12\x61\n\x0c\x45xchangeCode\x12\'.acme.wxplatform.v1.ExchangeCodeRequest\x1a(.acme.wxplatform.v1.ExchangeCodeResponse\x12^\n\x0bGetUserInfo\x12&.acme.wxplatform.v1.GetUserInfoRequest\x1a\'.acme.wxplatform.v1.GetUserInfoResponse\x12\x61\n\x0c\x43ode2Session\x12\'.acme.wxplatform.v1.Code2SessionRequest\x1a(.acme.wxplatform.v1.Code2SessionResponse\x12j\n\x0f\x44\x65\x63ryptUserData\x12*.acme.wxplatform.v1.DecryptUserDataRequest\x1a+.acme.wxplatform.v1.DecryptUserDataResponse\x12g\n\x0eGetPhoneNumber\x12).acme.wxplatform.v1.GetPhoneNumberRequest\x1a*.acme.wxplatform.v1.GetPhoneNumberResponseB!Z\x1f\x61\x63me/wxplatform/v1;wxplatformv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&acme/wxplatform/v1/oauth_service.proto\x12\x12\x61\x63me.wxplatform.v1\x1a(acme/wxplatform/v1/session_service.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x01\n\x18\x42uildAuthorizeUrlRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x31\n\x05scope\x18\x02 \x01(\x0e\x32\".acme.wxplatform.v1.AuthorizeScope\x12\x12\n\nreturn_url\x18\x03 \x01(\t\x12\x13\n\x0b\x66orce_popup\x18\x04 \x01(\x08\x12\x17\n\x0f\x62rowser_binding\x18\x05 \x01(\t\"r\n\x19\x42uildAuthorizeUrlResponse\x12\x15\n\rauthorize_url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x13\x45xchangeCodeRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x17\n\x0f\x62rowser_binding\x18\x04 \x01(\t\"\xda\x01\n\x14\x45xchangeCodeResponse\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x0f\n\x07unionid\x18\x02 \x01(\t\x12\x31\n\x05scope\x18\x03 \x01(\x0e\x32\".acme.wxplatform.v1.AuthorizeScope\x12\x15\n\rsnapshot_user\x18\x04 \x01(\x08\x12\x12\n\nreturn_url\x18\x05 \x01(\t\x12\x15\n\rsession_token\x18\x06 \x01(\t\x12,\n\x07session\x18\x07 \x01(\x0b\x32\x1b.acme.wxplatform.v1.Session\"B\n\x12GetUserInfoRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0e\n\x06openid\x18\x02 \x01(\t\x12\x0c\n\x04lang\x18\x03 \x01(\t\"t\n\x13GetUserInfoResponse\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x10\n\x08nickname\x18\x02 \x01(\t\x12\x16\n\x0ehead_image_url\x18\x03 \x01(\t\x12\x0f\n\x07unionid\x18\x04 \x01(\t\x12\x12\n\nprivileges\x18\x05 \x03(\t\"\xb6\x01\n\x13\x43ode2SessionRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0f\n\x07js_code\x18\x02 \x01(\t\x12K\n\nattributes\x18\x03 \x03(\x0b\x32\x37.acme.wxplatform.v1.Code2SessionRequest.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\x14\x43ode2SessionResponse\x12\x0e\n\x06openid\x18\x01 \x01(\t\x12\x0f\n\x07unionid\x18\x02 \x01(\t\x12\x15\n\rsession_token\x18\x03 \x01(\t\x12,\n\x07session\x18\x04 \x01(\x0b\x32\x1b.acme.wxplatform.v1.Session\"\x88\x01\n\x16\x44\x65\x63ryptUserDataRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x16\n\x0e\x65ncrypted_data\x18\x03 \x01(\t\x12\n\n\x02iv\x18\x04 \x01(\t\x12\x10\n\x08raw_data\x18\x05 \x01(\t\x12\x11\n\tsignature\x18\x06 \x01(\t\"t\n\x17\x44\x65\x63ryptUserDataResponse\x12%\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0ewatermark_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x15GetPhoneNumberRequest\x12\x0e\n\x06\x61pp_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x93\x01\n\x16GetPhoneNumberResponse\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12\x19\n\x11pure_phone_number\x18\x02 \x01(\t\x12\x14\n\x0c\x63ountry_code\x18\x03 \x01(\t\x12\x32\n\x0ewatermark_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*i\n\x0e\x41uthorizeScope\x12\x1f\n\x1b\x41UTHORIZE_SCOPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UTHORIZE_SCOPE_BASE\x10\x01\x12\x1c\n\x18\x41UTHORIZE_SCOPE_USERINFO\x10\x02\x32\xfb\x04\n\x0cOAuthService\x12p\n\x11\x42uildAuthorizeUrl\x12,.acme.wxplatform.v1.BuildAuthorizeUrlRequest\x1a-.acme.wxplatform.v1.BuildAuthorizeUrlResponse\x12\x61\n\x0c\x45xchangeCode\x12\'.acme.wxplatform.v1.ExchangeCodeRequest\x1a(.acme.wxplatform.v1.ExchangeCodeResponse\x12^\n\x0bGetUserInfo\x12&.acme.wxplatform.v1.GetUserInfoRequest\x1a\'.acme.wxplatform.v1.GetUserInfoResponse\x12\x61\n\x0c\x43ode2Session\x12\'.acme.wxplatform.v1.Code2SessionRequest\x1a(.acme.wxplatform.v1.Code2SessionResponse\x12j\n\x0f\x44\x65\x63ryptUserData\x12*.acme.wxplatform.v1.DecryptUserDataRequest\x1a+.acme.wxplatform.v1.DecryptUserDataResponse\x12g\n\x0eGetPhoneNumber\x12).acme.wxplatform.v1.GetPhoneNumberRequest\x1a*.acme.wxplatform.v1.GetPhoneNumberResponseB!Z\x1f\x61\x63me/wxplatform/v1;wxplatformv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +37,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z\037acme/wxplatform/v1;wxplatformv1'
   _globals['_CODE2SESSIONREQUEST_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_CODE2SESSIONREQUEST_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_AUTHORIZESCOPE']._serialized_start=1599
-  _globals['_AUTHORIZESCOPE']._serialized_end=1704
+  _globals['_AUTHORIZESCOPE']._serialized_start=1718
+  _globals['_AUTHORIZESCOPE']._serialized_end=1823
   _globals['_BUILDAUTHORIZEURLREQUEST']._serialized_start=168
-  _globals['_BUILDAUTHORIZEURLREQUEST']._serialized_end=302
-  _globals['_BUILDAUTHORIZEURLRESPONSE']._serialized_start=304
-  _globals['_BUILDAUTHORIZEURLRESPONSE']._serialized_end=418
-  _globals['_EXCHANGECODEREQUEST']._serialized_start=420
-  _globals['_EXCHANGECODEREQUEST']._serialized_end=486
-  _globals['_EXCHANGECODERESPONSE']._serialized_start=489
-  _globals['_EXCHANGECODERESPONSE']._serialized_end=638
-  _globals['_GETUSERINFOREQUEST']._serialized_start=640
-  _globals['_GETUSERINFOREQUEST']._serialized_end=706
-  _globals['_GETUSERINFORESPONSE']._serialized_start=708
-  _globals['_GETUSERINFORESPONSE']._serialized_end=824
-  _globals['_CODE2SESSIONREQUEST']._serialized_start=827
-  _globals['_CODE2SESSIONREQUEST']._serialized_end=1009
-  _globals['_CODE2SESSIONREQUEST_ATTRIBUTESENTRY']._serialized_start=960
-  _globals['_CODE2SESSIONREQUEST_ATTRIBUTESENTRY']._serialized_end=1009
-  _globals['_CODE2SESSIONRESPONSE']._serialized_start=1011
-  _globals['_CODE2SESSIONRESPONSE']._serialized_end=1135
-  _globals['_DECRYPTUSERDATAREQUEST']._serialized_start=1138
-  _globals['_DECRYPTUSERDATAREQUEST']._serialized_end=1274
-  _globals['_DECRYPTUSERDATARESPONSE']._serialized_start=1276
-  _globals['_DECRYPTUSERDATARESPONSE']._serialized_end=1392
-  _globals['_GETPHONENUMBERREQUEST']._serialized_start=1394
-  _globals['_GETPHONENUMBERREQUEST']._serialized_end=1447
-  _globals['_GETPHONENUMBERRESPONSE']._serialized_start=1450
-  _globals['_GETPHONENUMBERRESPONSE']._serialized_end=1597
-  _globals['_OAUTHSERVICE']._serialized_start=1707
-  _globals['_OAUTHSERVICE']._serialized_end=2342
+  _globals['_BUILDAUTHORIZEURLREQUEST']._serialized_end=327
+  _globals['_BUILDAUTHORIZEURLRESPONSE']._serialized_start=329
+  _globals['_BUILDAUTHORIZEURLRESPONSE']._serialized_end=443
+  _globals['_EXCHANGECODEREQUEST']._serialized_start=445
+  _globals['_EXCHANGECODEREQUEST']._serialized_end=536
+  _globals['_EXCHANGECODERESPONSE']._serialized_start=539
+  _globals['_EXCHANGECODERESPONSE']._serialized_end=757
+  _globals['_GETUSERINFOREQUEST']._serialized_start=759
+  _globals['_GETUSERINFOREQUEST']._serialized_end=825
+  _globals['_GETUSERINFORESPONSE']._serialized_start=827
+  _globals['_GETUSERINFORESPONSE']._serialized_end=943
+  _globals['_CODE2SESSIONREQUEST']._serialized_start=946
+  _globals['_CODE2SESSIONREQUEST']._serialized_end=1128
+  _globals['_CODE2SESSIONREQUEST_ATTRIBUTESENTRY']._serialized_start=1079
+  _globals['_CODE2SESSIONREQUEST_ATTRIBUTESENTRY']._serialized_end=1128
+  _globals['_CODE2SESSIONRESPONSE']._serialized_start=1130
+  _globals['_CODE2SESSIONRESPONSE']._serialized_end=1254
+  _globals['_DECRYPTUSERDATAREQUEST']._serialized_start=1257
+  _globals['_DECRYPTUSERDATAREQUEST']._serialized_end=1393
+  _globals['_DECRYPTUSERDATARESPONSE']._serialized_start=1395
+  _globals['_DECRYPTUSERDATARESPONSE']._serialized_end=1511
+  _globals['_GETPHONENUMBERREQUEST']._serialized_start=1513
+  _globals['_GETPHONENUMBERREQUEST']._serialized_end=1566
+  _globals['_GETPHONENUMBERRESPONSE']._serialized_start=1569
+  _globals['_GETPHONENUMBERRESPONSE']._serialized_end=1716
+  _globals['_OAUTHSERVICE']._serialized_start=1826
+  _globals['_OAUTHSERVICE']._serialized_end=2461
 # @@protoc_insertion_point(module_scope)

@@ -56,6 +56,7 @@ class BuildAuthorizeUrlRequest(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     RETURN_URL_FIELD_NUMBER: _builtins.int
     FORCE_POPUP_FIELD_NUMBER: _builtins.int
+    BROWSER_BINDING_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     """The official account."""
     scope: Global___AuthorizeScope.ValueType
@@ -64,6 +65,11 @@ class BuildAuthorizeUrlRequest(_message.Message):
     """Where the browser goes after the flow; must match the app's allow-list."""
     force_popup: _builtins.bool
     """Ask WeChat to show the consent popup even if already granted."""
+    browser_binding: _builtins.str
+    """SHA-256 hex of a random value only the user's browser holds (the edge's
+    binding cookie): the callback is accepted only with the same value, so an
+    attacker's `state` is useless in a victim's browser (login CSRF).
+    """
     def __init__(
         self,
         *,
@@ -71,10 +77,11 @@ class BuildAuthorizeUrlRequest(_message.Message):
         scope: Global___AuthorizeScope.ValueType = ...,
         return_url: _builtins.str = ...,
         force_popup: _builtins.bool = ...,
+        browser_binding: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "force_popup", b"force_popup", "return_url", b"return_url", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "browser_binding", b"browser_binding", "force_popup", b"force_popup", "return_url", b"return_url", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -121,22 +128,26 @@ class ExchangeCodeRequest(_message.Message):
     APP_ID_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    BROWSER_BINDING_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
     """The official account."""
     code: _builtins.str
     """The `code` query parameter of the callback."""
     state: _builtins.str
     """The `state` query parameter of the callback."""
+    browser_binding: _builtins.str
+    """The `browser_binding` the flow was started with, from the same browser."""
     def __init__(
         self,
         *,
         app_id: _builtins.str = ...,
         code: _builtins.str = ...,
         state: _builtins.str = ...,
+        browser_binding: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "code", b"code", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_id", b"app_id", "browser_binding", b"browser_binding", "code", b"code", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -153,6 +164,8 @@ class ExchangeCodeResponse(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     SNAPSHOT_USER_FIELD_NUMBER: _builtins.int
     RETURN_URL_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     openid: _builtins.str
     """The user's openid."""
     unionid: _builtins.str
@@ -163,6 +176,12 @@ class ExchangeCodeResponse(_message.Message):
     """True for WeChat's virtual "snapshot page" user; not a real user."""
     return_url: _builtins.str
     """The return URL recorded in the `state`."""
+    session_token: _builtins.str
+    """A wxplatform session for the user (not for a snapshot user), shown only here."""
+    @_builtins.property
+    def session(self) -> _session_service_pb2.Session:
+        """The session."""
+
     def __init__(
         self,
         *,
@@ -171,10 +190,12 @@ class ExchangeCodeResponse(_message.Message):
         scope: Global___AuthorizeScope.ValueType = ...,
         snapshot_user: _builtins.bool = ...,
         return_url: _builtins.str = ...,
+        session_token: _builtins.str = ...,
+        session: _session_service_pb2.Session | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["openid", b"openid", "return_url", b"return_url", "scope", b"scope", "snapshot_user", b"snapshot_user", "unionid", b"unionid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["openid", b"openid", "return_url", b"return_url", "scope", b"scope", "session", b"session", "session_token", b"session_token", "snapshot_user", b"snapshot_user", "unionid", b"unionid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
