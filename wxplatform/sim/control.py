@@ -7,18 +7,31 @@ Not part of WeChat. Errors here are ordinary HTTP statuses with `{"error": "..."
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from tornado.web import HTTPError, RequestHandler
 
+from wxplatform.sim.errors import CallbackAlreadySent
 from wxplatform.sim.faults import Fault
 from wxplatform.sim.messages import event_message, original_id, text_message
 
 if TYPE_CHECKING:
     from wxplatform.sim.server import WeChatSimulator
 
-__all__ = ["DEFAULT_OPENID", "ControlError", "ControlHandler", "control_routes"]
+__all__ = [
+    "DEFAULT_OPENID",
+    "ControlError",
+    "ControlHandler",
+    "control_errors",
+    "control_routes",
+    "flag_field",
+    "int_field",
+    "optional_text",
+    "text_field",
+]
 
 DEFAULT_OPENID = "o_sim_user_0000000000000000"
 
@@ -210,3 +223,45 @@ def control_routes(sim: WeChatSimulator) -> list[tuple[str, type[ControlHandler]
         (r"/_sim/stats", StatsHandler, kwargs),
         (r"/_sim/push", PushHandler, kwargs),
     ]
+
+
+@contextmanager
+def control_errors() -> Iterator[None]:
+    """Turn the simulator methods' exceptions into control-API statuses."""
+    try:
+        yield
+    except KeyError as exc:
+        raise ControlError(404, str(exc.args[0]) if exc.args else "not found") from None
+    except ValueError as exc:
+        raise ControlError(400, str(exc)) from None
+    except CallbackAlreadySent as exc:
+        raise ControlError(409, str(exc)) from None
+
+
+def text_field(data: dict[str, Any], name: str) -> str:
+    """A required non-empty string of a control request's body."""
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise ControlError(400, f"{name} must be a non-empty string")
+    return value
+
+
+def optional_text(data: dict[str, Any], name: str) -> str | None:
+    """An optional string of a control request's body."""
+    return None if data.get(name) is None else text_field(data, name)
+
+
+def flag_field(data: dict[str, Any], name: str) -> bool | None:
+    """An optional boolean of a control request's body."""
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ControlError(400, f"{name} must be true or false")
+    return value
+
+
+def int_field(data: dict[str, Any], name: str, default: int | None = None) -> int | None:
+    """An optional integer of a control request's body."""
+    value = data.get(name, default)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ControlError(400, f"{name} must be an integer")
+    return value

@@ -7,55 +7,22 @@ an unknown app or msgid, 409 for a template result that was already pushed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from wxplatform.sim.control import ControlError, ControlHandler
-from wxplatform.sim.errors import CallbackAlreadySent
+from wxplatform.sim.control import (
+    ControlError,
+    ControlHandler,
+    control_errors,
+    flag_field,
+    int_field,
+    optional_text,
+    text_field,
+)
 
 if TYPE_CHECKING:
     from wxplatform.sim.server import WeChatSimulator
 
 __all__ = ["messaging_control_routes"]
-
-
-@contextmanager
-def _answers() -> Iterator[None]:
-    """Turn the simulator methods' exceptions into control-API statuses."""
-    try:
-        yield
-    except KeyError as exc:
-        raise ControlError(404, str(exc.args[0]) if exc.args else "not found") from None
-    except ValueError as exc:
-        raise ControlError(400, str(exc)) from None
-    except CallbackAlreadySent as exc:
-        raise ControlError(409, str(exc)) from None
-
-
-def _text(data: dict[str, Any], name: str) -> str:
-    value = data.get(name)
-    if not isinstance(value, str) or not value:
-        raise ControlError(400, f"{name} must be a non-empty string")
-    return value
-
-
-def _maybe_text(data: dict[str, Any], name: str) -> str | None:
-    return None if data.get(name) is None else _text(data, name)
-
-
-def _flag(data: dict[str, Any], name: str) -> bool | None:
-    value = data.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise ControlError(400, f"{name} must be true or false")
-    return value
-
-
-def _whole(data: dict[str, Any], name: str, default: int | None = None) -> int | None:
-    value = data.get(name, default)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ControlError(400, f"{name} must be an integer")
-    return value
 
 
 class _Handler(ControlHandler):
@@ -71,20 +38,20 @@ class UsersHandler(_Handler):
 
     def get(self) -> None:
         """The app's known users."""
-        with _answers():
+        with control_errors():
             self.send(self.sim.users(self.query("app_id")))
 
     def post(self) -> None:
         """Body: app_id, openid, and optional follows, blocked, template_blocked."""
         data = self.body_object()
-        app_id, openid = _text(data, "app_id"), _text(data, "openid")
-        with _answers():
+        app_id, openid = text_field(data, "app_id"), text_field(data, "openid")
+        with control_errors():
             user = self.sim.set_user(
                 app_id,
                 openid,
-                follows=_flag(data, "follows"),
-                blocked=_flag(data, "blocked"),
-                template_blocked=_flag(data, "template_blocked"),
+                follows=flag_field(data, "follows"),
+                blocked=flag_field(data, "blocked"),
+                template_blocked=flag_field(data, "template_blocked"),
             )
         self.send(user)
 
@@ -94,18 +61,18 @@ class TemplatesHandler(_Handler):
 
     def get(self) -> None:
         """The app's templates."""
-        with _answers():
+        with control_errors():
             self.send(self.sim.templates(self.query("app_id")))
 
     def post(self) -> None:
         """Body: app_id, template_id, kind (template|subscribe), keys ({key: type} or [keys])."""
         data = self.body_object()
-        app_id, template_id = _text(data, "app_id"), _text(data, "template_id")
-        kind = _text(data, "kind")
+        app_id, template_id = text_field(data, "app_id"), text_field(data, "template_id")
+        kind = text_field(data, "kind")
         keys = data.get("keys")
         if not isinstance(keys, dict | list):
             raise ControlError(400, "keys must be an object or a list")
-        with _answers():
+        with control_errors():
             self.send(self.sim.add_template(app_id, template_id, kind, keys), 201)
 
 
@@ -114,18 +81,18 @@ class ConsentHandler(_Handler):
 
     def get(self) -> None:
         """Acceptances left per template id."""
-        with _answers():
+        with control_errors():
             self.send(self.sim.consent(self.query("app_id"), self.query("openid")))
 
     def post(self) -> None:
         """Body: app_id, openid, template_id, count (default 1)."""
         data = self.body_object()
-        app_id, openid = _text(data, "app_id"), _text(data, "openid")
-        template_id = _text(data, "template_id")
-        count = _whole(data, "count", 1)
+        app_id, openid = text_field(data, "app_id"), text_field(data, "openid")
+        template_id = text_field(data, "template_id")
+        count = int_field(data, "count", 1)
         if count is None:
             raise ControlError(400, "count must be an integer")
-        with _answers():
+        with control_errors():
             left = self.sim.grant_consent(app_id, openid, template_id, count)
         self.send({"template_id": template_id, "remaining": left})
 
@@ -135,7 +102,7 @@ class WindowsHandler(_Handler):
 
     def get(self) -> None:
         """Windows, soonest expiry first."""
-        with _answers():
+        with control_errors():
             self.send(self.sim.windows(self.query("app_id"), self.query("openid")))
 
 
@@ -162,13 +129,13 @@ class CallbacksHandler(_Handler):
     def post(self) -> None:
         """Body: app_id with edge_url (null stops), and/or delay (seconds)."""
         data = self.body_object()
-        app_id = _maybe_text(data, "app_id")
+        app_id = optional_text(data, "app_id")
         delay = data.get("delay")
         if app_id is None and delay is None:
             raise ControlError(400, "give app_id and edge_url, or delay")
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)):
             raise ControlError(400, "delay must be a number of seconds")
-        with _answers():
+        with control_errors():
             if app_id is not None:
                 if "edge_url" not in data:
                     raise ControlError(400, "edge_url is required (null stops callbacks)")
@@ -207,12 +174,12 @@ class TemplateResultHandler(_Handler):
     def post(self) -> None:
         """Body: app_id, status, and msgid (a pending job) or openid (next send) or neither."""
         data = self.body_object()
-        app_id, status = _text(data, "app_id"), _text(data, "status")
-        openid = _maybe_text(data, "openid")
-        msgid = _whole(data, "msgid")
+        app_id, status = text_field(data, "app_id"), text_field(data, "status")
+        openid = optional_text(data, "openid")
+        msgid = int_field(data, "msgid")
         if openid is not None and msgid is not None:
             raise ControlError(400, "give msgid or openid, not both")
-        with _answers():
+        with control_errors():
             self.sim.force_template_result(app_id, status, openid=openid, msgid=msgid)
         self.send({"app_id": app_id, "status": status, "openid": openid, "msgid": msgid}, 201)
 

@@ -31,6 +31,7 @@ from wxplatform.sim.api import (
 )
 from wxplatform.sim.callbacks import DEFAULT_CALLBACK_DELAY, CallbackQueue, CallbackRecord
 from wxplatform.sim.control import DEFAULT_OPENID, control_routes
+from wxplatform.sim.control_identity import identity_control_routes
 from wxplatform.sim.control_messaging import messaging_control_routes
 from wxplatform.sim.custom import CustomSendHandler
 from wxplatform.sim.errors import CallbackAlreadySent, ClockNotAdjustable
@@ -116,7 +117,12 @@ class WeChatSimulator:
     def make_app(self) -> Application:
         """The Tornado application: WeChat's API plus the `/_sim/` control API."""
         return Application(
-            [*_api_routes(self.state), *control_routes(self), *messaging_control_routes(self)],
+            [
+                *_api_routes(self.state),
+                *control_routes(self),
+                *messaging_control_routes(self),
+                *identity_control_routes(self),
+            ],
             default_handler_class=NotFoundHandler,
             default_handler_args={"state": self.state},
             log_function=_log_request,
