@@ -9,7 +9,9 @@ Scenarios, each in plaintext and safe mode, each a fresh server process per run:
 
 Plus `sends` (outbound, no mode; `bench/sends.py`): SendTemplate on core (against the
 WeChat simulator in a process of its own) vs a bare grpc.aio echo RPC, and Redis
-commands per send.
+commands per send; and `identity` (`bench/identity.py`): GetSession vs the echo,
+Code2Session vs its floor (one pooled HTTP call to the same simulator), and Redis round
+trips of GetSession and RefreshSession.
 
 For each mode the servers run side by side (idle but for the one being measured) and
 one load process, a separate process, measures them: closed loop (N keep-alive
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu import cpu_model
+from bench.identity import identity_json, judge_identity, run_identity
 from bench.job import ClosedPlan, LoadJob, OpenPlan, Target
 from bench.procs import ROOT, BenchProcessError, ServerProcess, cpu_plan, run_load
 from bench.report import OPEN_RATE, Row, judge, render_table, to_json
@@ -90,14 +93,17 @@ def _selected(only: Sequence[str] | None) -> dict[Mode, list[str]]:
     return {m: scenarios for m, scenarios in plan.items() if scenarios}
 
 
+_GRPC_SCENARIOS = ("sends", "identity")
+
+
 def _only_name(value: str) -> str:
-    if value == "sends":
+    if value in _GRPC_SCENARIOS:
         return value
     scenario, _, mode = value.partition("-")
     if scenario not in (*SCENARIOS, *MODES) or mode not in ("", *MODES):
         raise argparse.ArgumentTypeError(
-            f"{value!r}: use baseline, edge, stack, edge2, stack2, sends, plaintext, safe,"
-            " or e.g. edge-safe"
+            f"{value!r}: use baseline, edge, stack, edge2, stack2, sends, identity, plaintext,"
+            " safe, or e.g. edge-safe"
         )
     return value
 
@@ -124,8 +130,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_only_name,
         metavar="NAME",
         help="run only this scenario or mode (repeatable): baseline, edge, stack, sends,\n"
-        "plaintext, safe, or SCENARIO-MODE such as edge-safe; the baseline of that mode\n"
-        "always runs too (sends brings its own reference, a gRPC echo)",
+        "identity, plaintext, safe, or SCENARIO-MODE such as edge-safe; the baseline of\n"
+        "that mode always runs too (sends and identity bring their own references)",
     )
     parser.add_argument(
         "--connections", type=_positive(int), default=16, help="closed loop connections (16)"
@@ -256,17 +262,52 @@ def _progress(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def _grpc_scenarios(
+    tmp: Path, args: argparse.Namespace, with_sends: bool, with_identity: bool
+) -> tuple[list[Row], dict[str, Any]]:
+    """The gRPC scenarios (each brings its own reference): rows and JSON sections."""
+    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    scenarios: list[tuple[str, str, Any, Any, Any, int]] = [
+        ("sends", "echo, SendTemplate, Redis per send", run_sends, judge_sends, sends_json, 2),
+        (
+            "identity",
+            "echo, GetSession, floor, Code2Session, Redis",
+            run_identity,
+            judge_identity,
+            identity_json,
+            4,
+        ),
+    ]
+    wanted = {"sends": with_sends, "identity": with_identity}
+    rows: list[Row] = []
+    reports: dict[str, Any] = {name: None for name, *_ in scenarios}
+    for name, what, run, judge_rows, to_json_, shown in scenarios:
+        if not wanted[name]:
+            continue
+        _out(f"[{name}] grpc: {what} …", err=True)
+        try:
+            result: Any = run(tmp, plan, args.log_level)
+        except BenchProcessError as exc:
+            done = judge_rows(None, str(exc))
+        else:
+            done = judge_rows(result)
+            reports[name] = to_json_(result)
+        for line in _progress(done[:shown]):
+            _out(f"    {line}", err=True)
+        rows += done
+    return rows, reports
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite; 0 when every scenario produced figures (targets missed or not)."""
     args = _parser().parse_args(argv)
     durations = QUICK if args.quick else FULL
-    http_only = [name for name in args.only or [] if name != "sends"]
+    http_only = [name for name in args.only or [] if name not in _GRPC_SCENARIOS]
     plan = _selected(http_only) if http_only or not args.only else {}
     with_sends = not args.only or "sends" in args.only
+    with_identity = not args.only or "identity" in args.only
     server_cpu, _ = cpu_plan()
     rows: list[Row] = []
-    sends_rows: list[Row] = []
-    sends_report: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="wxp-bench-") as tmp:
         spec: BenchSpec = new_spec(args.log_level)
         spec_path = Path(tmp) / "spec.json"
@@ -292,22 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in _progress(done):
                 _out(f"    {line}", err=True)
             rows += done
-        if with_sends:
-            _out("[sends] grpc: echo, SendTemplate, Redis per send …", err=True)
-            try:
-                sends = run_sends(Path(tmp), QUICK_PLAN if args.quick else FULL_PLAN,
-                                  args.log_level)  # fmt: skip
-            except BenchProcessError as exc:
-                sends_rows = judge_sends(None, str(exc))
-            else:
-                sends_rows = judge_sends(sends)
-                sends_report = sends_json(sends)
-            for line in _progress(sends_rows[:2]):
-                _out(f"    {line}", err=True)
+        grpc_rows, grpc_reports = _grpc_scenarios(Path(tmp), args, with_sends, with_identity)
     judge(rows)
-    rows += sends_rows
+    rows += grpc_rows
     report = to_json(rows, _context(args, durations, pinned=server_cpu is not None))
-    report["sends"] = sends_report
+    report.update(grpc_reports)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if args.json:

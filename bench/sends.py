@@ -46,13 +46,17 @@ from bench.stats import PhaseResult
 from wxplatform.config import Settings, hash_credential, parse_settings
 
 __all__ = [
+    "ECHO_METHOD",
     "REDIS_MAX_PER_SEND",
     "SENDS_RATIO",
     "SendsPlan",
     "SendsResult",
+    "closed_window",
     "judge_sends",
     "main",
+    "round_trips",
     "run_sends",
+    "write_spec",
 ]
 
 SENDS_RATIO = 0.6  # SendTemplate calls per core CPU second ≥ 0.6× echo's per CPU second
@@ -109,7 +113,7 @@ def new_sends_spec(log_level: str = "INFO") -> dict[str, Any]:
     return {"config": config, "credential": credential, "app_id": app_id}
 
 
-def _write_spec(path: Path, spec: dict[str, Any]) -> None:
+def write_spec(path: Path, spec: dict[str, Any]) -> None:
     path.write_text(json.dumps(spec), encoding="utf-8")
     path.chmod(0o600)
 
@@ -240,7 +244,7 @@ class SendsResult:
 Call = Callable[[], Awaitable[object]]
 
 
-async def _window(
+async def closed_window(
     call: Call, plan: SendsPlan, server_pid: int, sim_pid: int | None
 ) -> tuple[PhaseResult, list[float], int]:
     """`plan.concurrency` callers for warm-up + window; (result, latencies, calls done)."""
@@ -286,7 +290,7 @@ async def _window(
 _MONITORED_SENDS = 200
 
 
-async def _round_trips(client: Any, send: Call, count: int) -> dict[str, int]:
+async def round_trips(client: Any, send: Call, count: int) -> dict[str, int]:
     """Commands clients sent to Redis (by name) while `count` sends ran one by one."""
     seen: dict[str, int] = {}
     ready = asyncio.Event()
@@ -353,13 +357,13 @@ async def _run_load(job: SendsJob, spec: dict[str, Any]) -> SendsResult:
     try:
         await send()  # the first send fetches the access token: not part of any round
         for _ in range(job.plan.rounds):
-            result, lat, _done = await _window(echo, job.plan, job.echo_pid, job.sim_pid)
+            result, lat, _done = await closed_window(echo, job.plan, job.echo_pid, job.sim_pid)
             rounds["echo"].append(result)
             latencies["echo"] += lat
-            result, lat, _done = await _window(send, job.plan, job.core_pid, job.sim_pid)
+            result, lat, _done = await closed_window(send, job.plan, job.core_pid, job.sim_pid)
             rounds["sends"].append(result)
             latencies["sends"] += lat
-        trips = await _round_trips(client, send, _MONITORED_SENDS)
+        trips = await round_trips(client, send, _MONITORED_SENDS)
         total.redis_sends = _MONITORED_SENDS
         total.redis_commands = sum(trips.values())
         total.commandstats = dict(trips)
@@ -413,13 +417,13 @@ def run_sends(tmp: Path, plan: SendsPlan, log_level: str = "INFO") -> SendsResul
     sim_cpu = allowed[2] if len(allowed) > 2 else load_cpu
     spec = new_sends_spec(log_level)
     spec_path = tmp / "sends-spec.json"
-    _write_spec(spec_path, spec)
+    write_spec(spec_path, spec)
     with contextlib.ExitStack() as stack:
         sim = ServerProcess("sim", spec_path, tmp / "sends-sim", cpu=sim_cpu, module="bench.sends")
         stack.callback(sim.stop)
         sim.start()
         spec["config"]["wechat"] = {"api_base": sim.ready["url"]}
-        _write_spec(spec_path, spec)
+        write_spec(spec_path, spec)
         core = ServerProcess(
             "core", spec_path, tmp / "sends-core", cpu=server_cpu, module="bench.sends"
         )

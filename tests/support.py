@@ -6,6 +6,7 @@ run against a shared Redis (`WXP_TEST_REDIS_URL`) without flushing it.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import tempfile
@@ -37,6 +38,26 @@ from wxplatform.sim import WeChatSimulator
 EDGE_CREDENTIAL = "edge-credential-" + secrets.token_hex(8)
 TEAM_CREDENTIAL = "team-credential-" + secrets.token_hex(8)
 OTHER_CREDENTIAL = "other-credential-" + secrets.token_hex(8)
+# Every secret the suite configured or was handed (AppSecrets, AES and vault keys,
+# session tokens, session keys, OAuth tokens): none may be in Redis in the clear, which
+# the session's Redis fixture checks when the suite ends.
+SECRETS: set[str] = set()
+
+
+class _SessionTokens(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Remembers the session tokens core hands out (in `SECRETS`)."""
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        call = await continuation(client_call_details, request)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            response = await call
+            if token := getattr(response, "session_token", ""):
+                SECRETS.add(token)
+        return call
+
+
 # What the edge calls: deliveries, and the two halves of a web login.
 EDGE_RPCS = ["IngressService/*", "OAuthService/BuildAuthorizeUrl", "OAuthService/ExchangeCode"]
 VAULT_KEY = "dGVzdC12YXVsdC1rZXktb2YtMzItYnl0ZXMtLS0tLS0="  # 32 bytes, base64
@@ -109,7 +130,12 @@ def make_settings(
         "vault": {"keys": [{"id": "test1", "key": VAULT_KEY}]},
         **top,
     }
-    return parse_settings(data)
+    settings = parse_settings(data)
+    for app in settings.apps.values():
+        SECRETS.add(app.app_secret.reveal())
+        SECRETS.update(k.reveal() for k in (app.encoding_aes_key,) if k is not None)
+    SECRETS.update(key.key.reveal() for key in settings.vault.keys)
+    return settings
 
 
 def bearer(credential: str) -> tuple[tuple[str, str], ...]:
@@ -145,6 +171,7 @@ async def running_simulator(
             replace(settings, wechat=WeChatConfig(api_base=sim.base_url, open_base=sim.base_url)),
         )
     finally:
+        SECRETS.update(sim.issued_secrets())
         await sim.stop()
 
 
@@ -161,7 +188,7 @@ async def running_stack(
     core = await create_server(
         settings, client, listen="127.0.0.1:0", serve_metrics=False, clock=clock
     )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{core.port}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{core.port}", interceptors=[_SessionTokens()])
     edge = None
     try:
         if with_edge:

@@ -113,3 +113,18 @@ async def test_two_worker_kinds_share_one_port(tmp_path: Path, kind: str) -> Non
     assert opened.invalid == 0
     assert worker["msg"] == "edge serving"
     assert worker["port"] == server.port  # the child worker listens on the same port
+
+
+def test_identity_scenario_measures_sessions_and_logins(tmp_path: Path) -> None:
+    from bench.identity import judge_identity, run_identity
+    from bench.sends import SendsPlan
+
+    plan = SendsPlan(concurrency=4, warmup=0.1, duration=0.3, rounds=1)
+    result = run_identity(tmp_path, plan)
+    for phase in (result.echo, result.get, result.floor, result.login):
+        assert phase.errors == {}
+        assert phase.requests > 0
+    assert result.get_trips == 1.0
+    assert 0 < result.refresh_trips <= 2.0
+    names = [row.scenario for row in judge_identity(result)]
+    assert names == ["echo", "get-session", "floor", "code2session", "redis-sessions"]

@@ -118,6 +118,10 @@ class LoginBook:
             "watermark": {"appid": app_id, "timestamp": int(self._clock.now())},
         }
 
+    def issued_keys(self) -> set[str]:
+        """Every session key handed out so far (what must never be stored in the clear)."""
+        return set(self._session_keys.values())
+
     def session_key(self, app_id: str, openid: str) -> str:
         """The user's current session key (a login must have happened)."""
         try:

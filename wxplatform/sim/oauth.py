@@ -101,6 +101,10 @@ class OAuthBook:
     def browser_user(self, app_id: str) -> str:
         return self._browser_user.get(app_id, DEFAULT_OPENID)
 
+    def issued_tokens(self) -> set[str]:
+        """Every user access and refresh token handed out that is still on record."""
+        return set(self._by_access) | set(self._by_refresh)
+
     def grant(self, app_id: str, openid: str, scope: str) -> str:
         """The user consented (or `snsapi_base` is silent): a code for the redirect."""
         code = secrets.token_urlsafe(24)

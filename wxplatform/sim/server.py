@@ -304,6 +304,11 @@ class WeChatSimulator:
         self.apps[app_id] = msgspec.structs.replace(self._app(app_id), app_secret=Secret(secret))
         return secret
 
+    def issued_secrets(self) -> set[str]:
+        """The users' secrets this simulator handed out: session keys and OAuth tokens
+        (for a test to check that none is stored anywhere in the clear)."""
+        return self.state.logins.issued_keys() | self.state.oauth.issued_tokens()
+
     # -- web authorization -------------------------------------------------------------
 
     def set_profile(self, app_id: str, openid: str, **fields: Any) -> dict[str, Any]:
