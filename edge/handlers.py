@@ -337,7 +337,7 @@ class CallbackHandler(EdgeHandler):
 
     def _app(self, app_id: str) -> AppConfig:
         app = self.deps.apps.get(app_id)
-        if app is None:
+        if app is None or app.kind == "website":  # a website app gets no callbacks
             raise UnknownApp("unknown_app")
         return app
 

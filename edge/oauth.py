@@ -32,7 +32,12 @@ __all__ = ["OAuthCallbackHandler", "OAuthDeps", "OAuthStartHandler"]
 log = logging.getLogger("wxplatform.edge.oauth")
 
 _BINDING_SECONDS = 600  # the state's life at core
-_SCOPES = {"base": pb.AUTHORIZE_SCOPE_BASE, "userinfo": pb.AUTHORIZE_SCOPE_USERINFO}
+_SCOPES = {
+    "": pb.AUTHORIZE_SCOPE_UNSPECIFIED,  # the app's default: base, or a website's login
+    "base": pb.AUTHORIZE_SCOPE_BASE,
+    "userinfo": pb.AUTHORIZE_SCOPE_USERINFO,
+    "login": pb.AUTHORIZE_SCOPE_LOGIN,
+}
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
@@ -124,11 +129,12 @@ class _OAuthHandler(EdgeHandler):
 
 
 class OAuthStartHandler(_OAuthHandler):
-    """`GET /oauth/{app_id}/start?return_url=…&scope=base|userinfo`."""
+    """`GET /oauth/{app_id}/start?return_url=…&scope=base|userinfo|login` (a website app's
+    only scope, and its default, is `login`: WeChat's QR-code page)."""
 
     async def get(self, app_id: str) -> None:
         app = self._app(app_id)
-        scope = _SCOPES.get(self.get_query_argument("scope", "base") or "")
+        scope = _SCOPES.get(self.get_query_argument("scope", "") or "")
         return_url = self.get_query_argument("return_url", "") or ""
         if scope is None or not return_url:
             self.page(400, "This login link is not valid.")

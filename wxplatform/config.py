@@ -58,7 +58,7 @@ __all__ = [
     "split_address",
 ]
 
-AppKind = Literal["official_account", "mini_program"]
+AppKind = Literal["official_account", "mini_program", "website"]
 Encryption = Literal["plaintext", "compatible", "safe"]
 DataFormat = Literal["xml", "json"]
 MatchKind = Literal["exact", "contains", "regex"]
@@ -525,7 +525,13 @@ class AppConfig(_Schema, frozen=True, kw_only=True):
             "the app (URL path `/wx/{app_id}`, Redis hash tag)",
         ),
     ]
-    kind: Annotated[AppKind, Meta(description="`official_account` or `mini_program`")]
+    kind: Annotated[
+        AppKind,
+        Meta(
+            description="`official_account`, `mini_program` or `website` (an Open Platform "
+            "website app: QR-code login only)"
+        ),
+    ]
     encryption: Annotated[Encryption, Meta(description="`plaintext`, `compatible` or `safe`")] = (
         "plaintext"
     )
@@ -536,8 +542,11 @@ class AppConfig(_Schema, frozen=True, kw_only=True):
     app_secret: Annotated[Secret, Meta(description="AppSecret, from the WeChat admin console")]
     token: Annotated[
         Secret,
-        Meta(description="the callback Token, from the WeChat admin console (3-32 of [A-Za-z0-9])"),
-    ]
+        Meta(
+            description="the callback Token, from the WeChat admin console (3-32 of "
+            "[A-Za-z0-9]); not for websites, which get no callbacks"
+        ),
+    ] = field(default_factory=lambda: Secret(""))
     encoding_aes_key: Annotated[
         Secret | None, Meta(description="EncodingAESKey, 43 characters; required unless plaintext")
     ] = None
@@ -568,7 +577,11 @@ class AppConfig(_Schema, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.app_secret.reveal():
             raise _Problem("app_secret", "must not be empty")
-        if not _TOKEN.fullmatch(self.token.reveal()):
+        if self.kind == "website":
+            self._check_website()
+        elif not self.token.reveal():
+            raise _Problem("token", "is required")
+        elif not _TOKEN.fullmatch(self.token.reveal()):
             raise _Problem("token", "must be 3-32 characters of [A-Za-z0-9]")
         for name in ("encoding_aes_key", "previous_encoding_aes_key"):
             key: Secret | None = getattr(self, name)
@@ -583,11 +596,22 @@ class AppConfig(_Schema, frozen=True, kw_only=True):
         if self.kind == "mini_program" and replies:
             # Mini programs have no passive replies (docs/wechat.md §4.1): use customer service.
             raise _Problem("auto_reply", "mini programs have no passive replies")
-        if self.oauth.public_base_url and self.kind != "official_account":
-            raise _Problem("oauth.public_base_url", "web login is for official accounts")
+        if self.oauth.public_base_url and self.kind == "mini_program":
+            raise _Problem(
+                "oauth.public_base_url", "web login is for official accounts and websites"
+            )
         if self.data_format == "json" and replies:
             # WeChat documents passive replies as XML only; a JSON reply would be dropped.
             raise _Problem("auto_reply", 'passive replies need data_format = "xml"')
+
+    def _check_website(self) -> None:
+        """A website app logs users in and nothing else: no callbacks, no messages."""
+        if self.token.reveal() or self.encoding_aes_key or self.encryption != "plaintext":
+            raise _Problem("token", "websites get no callbacks: no token or encryption")
+        if self.rules or self.default_reply or self.subscribe_reply:
+            raise _Problem("auto_reply", "websites have no passive replies")
+        if not self.oauth.public_base_url:
+            raise _Problem("oauth.public_base_url", "is required: a website logs users in")
 
 
 _RPC = r"^(\*|[A-Za-z]+Service/(\*|[A-Za-z0-9]+))$"

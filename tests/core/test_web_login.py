@@ -328,3 +328,47 @@ async def test_redis_holds_no_oauth_token_in_the_clear(env: Env) -> None:
     assert all(isinstance(token, str) and len(token) > 20 for token in tokens)
     for token in tokens:
         assert token.encode() not in stored
+
+
+async def test_a_website_app_logs_in_through_the_qr_page(redis_client: redis.Redis) -> None:
+    website = new_app_id("wxweb")
+    table = app_table(
+        website,
+        kind="website",
+        token="",
+        auto_reply=[],
+        default_reply=None,
+        subscribe_reply=None,
+        oauth={"public_base_url": EDGE, "return_urls": [SHOP]},
+    )
+    table.pop("token")
+    settings = make_settings(table)
+    async with contextlib.AsyncExitStack() as stack:
+        sim, settings = await stack.enter_async_context(running_simulator(settings))
+        running = await stack.enter_async_context(running_stack(settings, redis_client))
+        env = Env(
+            sim,
+            ManualClock(),
+            website,
+            website,
+            pb_grpc.OAuthServiceStub(running.channel),
+            spb_grpc.SessionServiceStub(running.channel),
+            redis_client,
+        )
+        sim.set_profile(website, "oWebsite1", nickname="Desk", unionid="uDesk1")
+        browser = Browser()
+        built = await env.authorize(browser, pb.AUTHORIZE_SCOPE_UNSPECIFIED)
+        assert built.authorize_url.startswith(f"{sim.base_url}/connect/qrconnect?appid={website}&")
+        assert "&scope=snsapi_login&" in built.authorize_url
+        back = await env.consent(built.authorize_url, openid="oWebsite1")
+        exchanged = await env.exchange(browser, back)
+        assert (exchanged.openid, exchanged.unionid) == ("oWebsite1", "uDesk1")
+        assert exchanged.scope == pb.AUTHORIZE_SCOPE_LOGIN
+        info = await env.oauth.GetUserInfo(
+            pb.GetUserInfoRequest(app_id=website, openid="oWebsite1"), metadata=AUTH
+        )
+        assert info.nickname == "Desk"
+        wrong = await refused(env.authorize(Browser(), USERINFO))
+        assert wrong.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert not sim.requests("/cgi-bin/token")
+        assert not sim.requests("/cgi-bin/stable_token")

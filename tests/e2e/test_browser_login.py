@@ -63,11 +63,13 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 class TeamPage(tornado.web.RequestHandler):
     """The team's page: who is logged in, as GetSession says for the session cookie."""
 
-    def initialize(self, sessions: spb_grpc.SessionServiceStub, app_id: str) -> None:
-        self.sessions, self.app_id = sessions, app_id
+    def initialize(
+        self, sessions: spb_grpc.SessionServiceStub, app_id: str, cookie: str = "shop_session"
+    ) -> None:
+        self.sessions, self.app_id, self.cookie = sessions, app_id, cookie
 
     async def get(self) -> None:
-        token = self.get_cookie("shop_session")
+        token = self.get_cookie(self.cookie)
         openid = ""
         if token:
             with contextlib.suppress(Exception):
@@ -81,17 +83,14 @@ class TeamPage(tornado.web.RequestHandler):
 
 
 class TeamLogin(tornado.web.RequestHandler):
-    """The team's login link: off to the edge's start, back to the page."""
+    """The team's login link: off to the edge's start, back to `page`."""
 
-    def initialize(self, app_id: str) -> None:
-        self.app_id = app_id
+    def initialize(self, app_id: str, page: str, scope: str) -> None:
+        self.app_id, self.page, self.scope = app_id, page, scope
 
     def get(self) -> None:
         query = urllib.parse.urlencode(
-            {
-                "return_url": f"http://{SHOP}/app/page",
-                "scope": self.get_argument("scope", "userinfo"),
-            }
+            {"return_url": f"http://{SHOP}/app/{self.page}", "scope": self.scope}
         )
         self.redirect(f"http://{LOGIN}/oauth/{self.app_id}/start?{query}")
 
@@ -100,6 +99,7 @@ class TeamLogin(tornado.web.RequestHandler):
 class Env:
     sim: WeChatSimulator
     app: str
+    website: str
     driver: Any
 
     def callback_urls(self) -> list[str]:
@@ -146,19 +146,26 @@ def _profile() -> Iterator[str]:
 
 @pytest.fixture
 async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
-    app = new_app_id("wxoa")
-    table = app_table(
-        app,
-        oauth={
-            "public_base_url": f"http://{LOGIN}",
-            "return_urls": [f"http://{SHOP}/app/"],
-            "cookie_name": "shop_session",
-            "cookie_domain": ".example.test",
-            "cookie_secure": False,  # plain http on this machine
-        },
+    app, website = new_app_id("wxoa"), new_app_id("wxweb")
+    oauth = {
+        "public_base_url": f"http://{LOGIN}",
+        "return_urls": [f"http://{SHOP}/app/"],
+        "cookie_name": "shop_session",
+        "cookie_domain": ".example.test",
+        "cookie_secure": False,  # plain http on this machine
+    }
+    desk = app_table(
+        website,
+        kind="website",
+        auto_reply=[],
+        default_reply=None,
+        subscribe_reply=None,
+        oauth={**oauth, "cookie_name": "desk_session"},
     )
+    desk.pop("token")
+    settings = make_settings(app_table(app, oauth=oauth), desk)
     async with contextlib.AsyncExitStack() as stack:
-        sim, settings = await stack.enter_async_context(running_simulator(make_settings(table)))
+        sim, settings = await stack.enter_async_context(running_simulator(settings))
         running = await stack.enter_async_context(
             running_stack(settings, redis_client, with_edge=True)
         )
@@ -167,7 +174,21 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
             tornado.web.Application(
                 [
                     (r"/app/page", TeamPage, {"sessions": sessions, "app_id": app}),
-                    (r"/app/login", TeamLogin, {"app_id": app}),
+                    (
+                        r"/app/desk",
+                        TeamPage,
+                        {"sessions": sessions, "app_id": website, "cookie": "desk_session"},
+                    ),
+                    (
+                        r"/app/login",
+                        TeamLogin,
+                        {"app_id": app, "page": "page", "scope": "userinfo"},
+                    ),
+                    (
+                        r"/app/desk-login",
+                        TeamLogin,
+                        {"app_id": website, "page": "desk", "scope": "login"},
+                    ),
                 ]
             )
         )
@@ -180,7 +201,7 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
             _chromium, running.edge.port, sock.getsockname()[1], profile
         )
         stack.push_async_callback(asyncio.to_thread, driver.quit)
-        yield Env(sim, app, driver)
+        yield Env(sim, app, website, driver)
 
 
 def _wait_for(driver: Any, element_id: str) -> str:
@@ -190,10 +211,10 @@ def _wait_for(driver: Any, element_id: str) -> str:
     return str(found.text)
 
 
-def _log_in(env: Env, openid: str, decision: str = "allow") -> str:
+def _log_in(env: Env, openid: str, decision: str = "allow", link: str = "login") -> str:
     """From the team's login link through WeChat's consent page; the page reached."""
     driver = env.driver
-    driver.get(f"http://{SHOP}/app/login")
+    driver.get(f"http://{SHOP}/app/{link}")
     field = WebDriverWait(driver, 30).until(
         expected_conditions.presence_of_element_located((By.ID, "openid"))
     )
@@ -227,3 +248,10 @@ async def test_reloading_the_callback_keeps_the_user_logged_in(env: Env) -> None
     await asyncio.to_thread(env.driver.get, callback)  # the user pressed reload, or back
     assert await asyncio.to_thread(_wait_for, env.driver, "user") == "oBrowserC1"
     assert len(env.sim.requests("/sns/oauth2/access_token")) == 1
+
+
+async def test_a_website_user_logs_in_through_the_qr_page(env: Env) -> None:
+    shown = await asyncio.to_thread(_log_in, env, "oDeskUser1", "allow", "desk-login")
+    assert shown == "oDeskUser1"
+    (authorize,) = [r for r in env.sim.requests() if r["path"] == "/connect/qrconnect"][:1]
+    assert authorize["query"]["scope"] == "snsapi_login"

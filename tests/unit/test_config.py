@@ -119,6 +119,32 @@ def test_safe_mode_requires_an_aes_key() -> None:
         parse_settings(data)
 
 
+def test_a_website_app_logs_in_and_nothing_else() -> None:
+    website = {
+        "app_id": "wxweb1",
+        "kind": "website",
+        "app_secret": "s3cret",
+        "oauth": {"public_base_url": "https://login.test", "return_urls": ["https://a.test/"]},
+    }
+    data: dict[str, Any] = {
+        "apps": [website],
+        "vault": {"keys": [{"id": "k", "key": "A" * 43 + "="}]},
+    }
+    assert parse_settings(data).apps["wxweb1"].kind == "website"
+    with_token = copy.deepcopy(data)
+    with_token["apps"][0]["token"] = "abc123"
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.token: websites get no callbacks"):
+        parse_settings(with_token)
+    no_login = copy.deepcopy(data)
+    del no_login["apps"][0]["oauth"]
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.oauth\.public_base_url: is required"):
+        parse_settings(no_login)
+    official = copy.deepcopy(data)
+    official["apps"][0]["kind"] = "official_account"
+    with pytest.raises(ConfigError, match=r"apps\[0\]\.token: is required"):
+        parse_settings(official)
+
+
 def test_mini_programs_need_a_vault_key() -> None:
     data = base()
     data["apps"][0].update(kind="mini_program", auto_reply=[])

@@ -151,8 +151,8 @@ class OAuthBook:
     def user_info(self, access_token: str, openid: str) -> dict[str, Any]:
         """`sns/userinfo` with a user access token."""
         tokens = self._live(access_token, openid)
-        if "snsapi_userinfo" not in tokens.scope:
-            raise ApiError(48001)
+        if tokens.scope == "snsapi_base":
+            raise ApiError(48001)  # a silent login may not read the profile
         profile = self.profile(tokens.app_id, openid)
         body: dict[str, Any] = {
             "openid": openid,
@@ -191,7 +191,7 @@ class OAuthBook:
             "openid": tokens.openid,
             "scope": tokens.scope,
         }
-        if profile.unionid and "snsapi_userinfo" in tokens.scope:
+        if profile.unionid and tokens.scope != "snsapi_base":
             body["unionid"] = profile.unionid
         if profile.snapshot:
             body["is_snapshotuser"] = 1

@@ -26,7 +26,11 @@ __all__ = [
     "UserInfoHandler",
 ]
 
-_SCOPES = ("snsapi_base", "snsapi_userinfo")
+# Per page: the kind of app it serves and the scopes it takes.
+_PAGES = {
+    "/connect/oauth2/authorize": ("official_account", ("snsapi_base", "snsapi_userinfo")),
+    "/connect/qrconnect": ("website", ("snsapi_login",)),
+}
 _STATE = re.compile(r"[A-Za-z0-9]{0,128}")
 _OPENID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -44,10 +48,11 @@ class AuthorizePageHandler(ApiHandler):
         arg = self.get_argument
         appid, redirect = arg("appid", ""), arg("redirect_uri", "")
         scope, state = arg("scope", ""), arg("state", "")
+        kind, scopes = _PAGES[self.request.path]
         app = self.state.apps.get(appid)
-        if app is None or app.kind != "official_account":
-            self._page(400, "This official account does not exist (appid).")
-        elif arg("response_type", "") != "code" or scope not in _SCOPES:
+        if app is None or app.kind != kind:
+            self._page(400, f"There is no such {kind.replace('_', ' ')} (appid).")
+        elif arg("response_type", "") != "code" or scope not in scopes:
             self._page(400, "Bad response_type or scope.")
         elif not _STATE.fullmatch(state):
             self._page(400, "state must be at most 128 of [A-Za-z0-9].")
@@ -88,7 +93,12 @@ class AuthorizePageHandler(ApiHandler):
         self.finish(
             "<!doctype html><html><head><title>WeChat authorization</title></head><body>"
             f"<h1>{html.escape(appid)} asks for your WeChat profile</h1>"
-            '<form method="post" action="/connect/oauth2/authorize">'
+            + (
+                "<p>Scan this code with WeChat, then confirm on the phone.</p>"
+                if scope == "snsapi_login"
+                else ""
+            )
+            + f'<form method="post" action="{self.request.path}">'
             f"{fields}"
             '<label>Log in as <input id="openid" name="openid" '
             f'value="{html.escape(openid)}"></label>'

@@ -15,16 +15,20 @@ from wxplatform.core.services.mini_program import MiniProgramIdentity
 from wxplatform.core.services.web_login import WebLogin
 
 _SCOPES = {
-    pb.AUTHORIZE_SCOPE_UNSPECIFIED: "snsapi_base",
     pb.AUTHORIZE_SCOPE_BASE: "snsapi_base",
     pb.AUTHORIZE_SCOPE_USERINFO: "snsapi_userinfo",
+    pb.AUTHORIZE_SCOPE_LOGIN: "snsapi_login",
 }
-_SCOPE_VALUES = {
-    "snsapi_base": pb.AUTHORIZE_SCOPE_BASE,
-    "snsapi_userinfo": pb.AUTHORIZE_SCOPE_USERINFO,
-}
+_SCOPE_VALUES = {name: value for value, name in _SCOPES.items()}
 
 __all__ = ["OAuthServicer"]
+
+
+def _scope(request: pb.BuildAuthorizeUrlRequest) -> str:
+    """The scope asked for; unset is a website's login or an official account's base."""
+    if request.scope == pb.AUTHORIZE_SCOPE_UNSPECIFIED:
+        return ""  # the service picks the app's default
+    return _SCOPES.get(request.scope, "unknown")
 
 
 class OAuthServicer(pb_grpc.OAuthServiceServicer):
@@ -39,7 +43,7 @@ class OAuthServicer(pb_grpc.OAuthServiceServicer):
     ) -> pb.BuildAuthorizeUrlResponse:
         built = await self._web.build_authorize_url(
             request.app_id,
-            _SCOPES.get(request.scope, ""),
+            _scope(request),
             request.return_url,
             force_popup=request.force_popup,
             binding=request.browser_binding,

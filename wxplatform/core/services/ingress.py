@@ -18,7 +18,13 @@ from wxplatform.core.adapters.ingress_store import IngressStore
 from wxplatform.core.model import Accepted, ReplayCheck
 from wxplatform.core.services.interactions import closes_windows, windows_opened_by
 from wxplatform.core.services.replies import choose_reply
-from wxplatform.errors import AppNotFound, FieldViolation, InvalidRequest, WxPlatformError
+from wxplatform.errors import (
+    AppKindMismatch,
+    AppNotFound,
+    FieldViolation,
+    InvalidRequest,
+    WxPlatformError,
+)
 
 __all__ = ["Delivered", "IngressService", "ResultSink", "dedup_key"]
 
@@ -77,6 +83,8 @@ class IngressService:
         app = self._apps.get(app_id)
         if app is None:
             raise AppNotFound(app_id)
+        if app.kind == "website":
+            raise AppKindMismatch("a website app gets no callbacks")
         _validate(app_id, message)
         key = dedup_key(message)
         transport = message.transport

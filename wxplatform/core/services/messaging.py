@@ -35,6 +35,7 @@ from wxplatform.core.services.sends import (
 )
 from wxplatform.core.services.tokens import TokenService
 from wxplatform.errors import (
+    AppKindMismatch,
     AppNotFound,
     CredentialsRefused,
     DeliveryNotFound,
@@ -100,6 +101,8 @@ class MessagingService:
         app = self._apps.get(app_id)
         if app is None:
             raise AppNotFound(app_id)
+        if app.kind == "website":
+            raise AppKindMismatch("a website app sends no messages")
         return app
 
     async def send_template(

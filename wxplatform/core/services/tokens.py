@@ -126,10 +126,12 @@ class TokenService:
         self.tickets = CredentialManager("jsapi_ticket", ticket_store, self._fetch_ticket, clock)
 
     def app(self, app_id: str) -> AppConfig:
-        """The configured app, or `AppNotFound`."""
+        """The configured app, or `AppNotFound`; a website app has no access token."""
         app = self._apps.get(app_id)
         if app is None:
             raise AppNotFound(app_id)
+        if app.kind == "website":
+            raise AppKindMismatch("a website app has no access token")
         return app
 
     async def get_access_token(self, app_id: str, *, deadline: float) -> Credential:
@@ -266,6 +268,8 @@ class TokenService:
     async def keep_fresh(self) -> None:
         """One pass of the background refresher over every app's token and ticket."""
         for app in self._apps.values():
+            if app.kind == "website":
+                continue  # nothing to keep fresh: website apps have no access token
             deadline = time.monotonic() + 10
             managers = (
                 [self.tokens, self.tickets] if app.kind == "official_account" else [self.tokens]

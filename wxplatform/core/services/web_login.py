@@ -44,7 +44,9 @@ from wxplatform.errors import (
 
 __all__ = ["AuthorizeUrl", "Profile", "WebIdentity", "WebLogin", "return_url_allowed"]
 
-SCOPES = ("snsapi_base", "snsapi_userinfo")
+SCOPES = ("snsapi_base", "snsapi_userinfo")  # an official account's
+WEBSITE_SCOPE = "snsapi_login"  # a website app's QR-code login
+_PROFILE_SCOPES = ("snsapi_userinfo", "snsapi_login")
 STATE_SECONDS = 600
 CODE_SECONDS = 300  # a code is spent within this at WeChat: reloads are answered that long
 TOKEN_RECORD_SECONDS = 30 * 86400  # the refresh token's life
@@ -136,18 +138,29 @@ class WebLogin:
         self._wechat, self._tokens, self._sessions = deps.wechat, deps.tokens, deps.sessions
         self._store, self._vault, self._clock = deps.store, deps.vault, deps.clock
 
-    def _official_account(self, app_id: str) -> AppConfig:
-        return self._deps.app(app_id, "official_account", "web login belongs to official accounts")
+    def _web_app(self, app_id: str) -> AppConfig:
+        """An official account or a website app (the two kinds that log users in on the web)."""
+        try:
+            return self._deps.app(app_id, "official_account", "")
+        except AppKindMismatch:
+            return self._deps.app(
+                app_id, "website", "web login belongs to official accounts and websites"
+            )
 
     async def build_authorize_url(
         self, app_id: str, scope: str, return_url: str, *, force_popup: bool, binding: str
     ) -> AuthorizeUrl:
-        """A new flow: its state, stored with the browser binding, and WeChat's URL."""
-        app = self._official_account(app_id)
+        """A new flow: its state, stored with the browser binding, and WeChat's URL (the
+        QR-code page for a website app). An empty `scope` is the app's default."""
+        app = self._web_app(app_id)
         if not app.oauth.public_base_url:
             raise AppKindMismatch("web login is not configured for this app ([apps.oauth])")
         checks = Checks()
-        if scope not in SCOPES:
+        website = app.kind == "website"
+        scope = scope or (WEBSITE_SCOPE if website else "snsapi_base")
+        if website and scope != WEBSITE_SCOPE:
+            checks.fail("scope", "a website app logs in with AUTHORIZE_SCOPE_LOGIN only")
+        elif not website and scope not in SCOPES:
             checks.fail("scope", "must be AUTHORIZE_SCOPE_BASE or AUTHORIZE_SCOPE_USERINFO")
         if not _BINDING.fullmatch(binding):
             checks.fail("browser_binding", "must be the SHA-256 hex of the browser's value")
@@ -175,14 +188,15 @@ class WebLogin:
             f"&response_type=code&scope={scope}&state={state}"
             + ("&forcePopup=true" if force_popup else "")
         )
-        url = f"{self._open_base}/connect/oauth2/authorize?{query}#wechat_redirect"
+        page = "connect/qrconnect" if website else "connect/oauth2/authorize"
+        url = f"{self._open_base}/{page}?{query}#wechat_redirect"
         return AuthorizeUrl(url, state, expires_at)
 
     async def exchange_code(
         self, app_id: str, code: str, state: str, *, binding: str, deadline: float
     ) -> WebIdentity:
         """Complete a flow: check the state, trade the code, keep tokens, make a session."""
-        app = self._official_account(app_id)
+        app = self._web_app(app_id)
         checks = Checks()
         if not code or len(code) > 256 or not code.isascii() or not code.isprintable():
             checks.fail("code", "must be WeChat's code")
@@ -270,7 +284,7 @@ class WebLogin:
         if snapshot:
             return record  # a virtual user of a snapshot page: nothing to keep
         await self._save_tokens(app.app_id, openid, tokens)
-        if "snsapi_userinfo" in record["scope"]:
+        if any(scope in record["scope"] for scope in _PROFILE_SCOPES):
             profile = await self._fetch_profile(tokens["access_token"], openid, "zh_CN", deadline)
             await self._save_profile(app.app_id, profile)
             record["unionid"] = record["unionid"] or profile.unionid
@@ -290,7 +304,7 @@ class WebLogin:
     async def user_info(self, app_id: str, openid: str, lang: str, *, deadline: float) -> Profile:
         """The user's profile: a follower's from `cgi-bin/user/info`, else the stored
         OAuth profile (refreshed with the user's tokens when stale)."""
-        app = self._official_account(app_id)
+        app = self._web_app(app_id)
         checks = Checks()
         checks.openid("openid", openid)
         if lang and lang not in _LANGS:
@@ -305,9 +319,10 @@ class WebLogin:
                 deadline=deadline,
             )
 
-        data = await self._tokens.with_token(app, follower, deadline=deadline)
-        if data.get("subscribe") == 1:
-            return _profile(data)
+        if app.kind == "official_account":  # a website has no followers, nor a base token
+            data = await self._tokens.with_token(app, follower, deadline=deadline)
+            if data.get("subscribe") == 1:
+                return _profile(data)
         record = await self._store.user_tokens(app.app_id, openid)
         if not record:
             raise UserAuthorizationRequired("the user has not authorized this app")
@@ -315,7 +330,7 @@ class WebLogin:
             PROFILE_FRESH_SECONDS * 1000
         ):
             return _profile(json.loads(record["profile"]))
-        if "snsapi_userinfo" not in record.get("scope", ""):
+        if not any(scope in record.get("scope", "") for scope in _PROFILE_SCOPES):
             raise UserAuthorizationRequired("the user granted snsapi_base only")
         access = await self._access_token(app, openid, record, deadline)
         try:

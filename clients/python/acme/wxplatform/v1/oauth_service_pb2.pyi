@@ -29,21 +29,29 @@ class _AuthorizeScope:
 class _AuthorizeScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuthorizeScope.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     AUTHORIZE_SCOPE_UNSPECIFIED: _AuthorizeScope.ValueType  # 0
-    """The default: `AUTHORIZE_SCOPE_BASE`."""
+    """The default: `AUTHORIZE_SCOPE_BASE` (`AUTHORIZE_SCOPE_LOGIN` for a website app)."""
     AUTHORIZE_SCOPE_BASE: _AuthorizeScope.ValueType  # 1
     """`snsapi_base`: silent, yields the openid only."""
     AUTHORIZE_SCOPE_USERINFO: _AuthorizeScope.ValueType  # 2
     """`snsapi_userinfo`: asks consent; yields a profile."""
+    AUTHORIZE_SCOPE_LOGIN: _AuthorizeScope.ValueType  # 3
+    """`snsapi_login`: a website app's QR-code login (`qrconnect`); yields a
+    profile. The only scope of website apps, and only theirs.
+    """
 
 class AuthorizeScope(_AuthorizeScope, metaclass=_AuthorizeScopeEnumTypeWrapper):
     """The scope of a web authorization."""
 
 AUTHORIZE_SCOPE_UNSPECIFIED: AuthorizeScope.ValueType  # 0
-"""The default: `AUTHORIZE_SCOPE_BASE`."""
+"""The default: `AUTHORIZE_SCOPE_BASE` (`AUTHORIZE_SCOPE_LOGIN` for a website app)."""
 AUTHORIZE_SCOPE_BASE: AuthorizeScope.ValueType  # 1
 """`snsapi_base`: silent, yields the openid only."""
 AUTHORIZE_SCOPE_USERINFO: AuthorizeScope.ValueType  # 2
 """`snsapi_userinfo`: asks consent; yields a profile."""
+AUTHORIZE_SCOPE_LOGIN: AuthorizeScope.ValueType  # 3
+"""`snsapi_login`: a website app's QR-code login (`qrconnect`); yields a
+profile. The only scope of website apps, and only theirs.
+"""
 Global___AuthorizeScope: _TypeAlias = AuthorizeScope  # noqa: Y015
 
 @_typing.final
@@ -58,7 +66,7 @@ class BuildAuthorizeUrlRequest(_message.Message):
     FORCE_POPUP_FIELD_NUMBER: _builtins.int
     BROWSER_BINDING_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
-    """The official account."""
+    """The official account or website app."""
     scope: Global___AuthorizeScope.ValueType
     """The scope to ask for."""
     return_url: _builtins.str
@@ -130,7 +138,7 @@ class ExchangeCodeRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     BROWSER_BINDING_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
-    """The official account."""
+    """The official account or website app."""
     code: _builtins.str
     """The `code` query parameter of the callback."""
     state: _builtins.str
@@ -211,7 +219,7 @@ class GetUserInfoRequest(_message.Message):
     OPENID_FIELD_NUMBER: _builtins.int
     LANG_FIELD_NUMBER: _builtins.int
     app_id: _builtins.str
-    """The official account."""
+    """The official account or website app."""
     openid: _builtins.str
     """The user's openid."""
     lang: _builtins.str
