@@ -62,10 +62,7 @@ core_credential = "{edge_token}"
 # The bundled WeChat simulator, started by `wxplatform dev`.
 api_base = "http://127.0.0.1:{ports.sim}"
 
-[[vault.keys]]
-# Encrypts the session keys (and OAuth tokens) core keeps in Redis.
-id = "dev1"
-key = "{base64.b64encode(secrets.token_bytes(32)).decode()}"
+{_vault_block().strip()}
 
 [dev]
 sim_listen = "127.0.0.1:{ports.sim}"
@@ -143,9 +140,26 @@ rpcs = [
 """
 
 
+def _vault_block() -> str:
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    return f"""
+[[vault.keys]]
+# Encrypts the session keys (and OAuth tokens) core keeps in Redis.
+id = "dev1"
+key = "{key}"
+"""
+
+
 def write_dev_config(path: Path) -> bool:
-    """Write a fresh dev config unless one exists; True when a new one was written."""
+    """Write a fresh dev config unless one exists; True when a new one was written.
+
+    A config written by an older version lacks the vault key that mini programs now
+    need: it gets one appended, and keeps its other secrets.
+    """
     if path.exists():
+        text = path.read_text(encoding="utf-8")
+        if "[[vault.keys]]" not in text:
+            path.write_text(text.rstrip("\n") + "\n" + _vault_block(), encoding="utf-8")
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_dev_config(), encoding="utf-8")

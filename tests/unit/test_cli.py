@@ -41,3 +41,21 @@ def test_invalid_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_missing_config_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", "/nonexistent/wx.toml", "core"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_an_older_dev_config_gets_the_vault_key_it_lacks(tmp_path: Path) -> None:
+    from wxplatform.config import load_settings
+    from wxplatform.devconfig import write_dev_config
+
+    path = tmp_path / "dev.toml"
+    older = render_dev_config()
+    older = older[: older.index("[[vault.keys]]")] + older[older.index("[dev]") :]
+    path.write_text(older, encoding="utf-8")
+    assert not write_dev_config(path)  # kept, not replaced
+    settings = load_settings(path, {})
+    assert settings.vault.keys[0].id == "dev1"
+    assert len(settings.apps) == 3  # the old apps are all there
+    text = path.read_text(encoding="utf-8")
+    assert older.strip() in text
+    assert not write_dev_config(path)
+    assert path.read_text(encoding="utf-8") == text  # the second run changes nothing
