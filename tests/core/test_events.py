@@ -176,6 +176,25 @@ async def test_draining_ends_streams_with_unavailable(redis_client: redis.Redis)
         await stopping
 
 
+async def test_no_handler_outlives_stop_even_for_streams_whose_clients_left(
+    redis_client: redis.Redis,
+) -> None:
+    """Streams cancelled by their clients just before stop: once stop returns, no handler
+    runs (one that did could reopen a Redis pool that stop had closed)."""
+    settings = make_settings(app_table(new_app_id()))
+    async with running_stack(settings, redis_client) as stack:
+        streams = [subscribe(stack, "left", f"c{n}") for n in range(40)]
+        readers = [asyncio.ensure_future(stream.read()) for stream in streams]  # start them
+        async with asyncio.timeout(30):
+            while len(stack.core.calls) < 40:
+                await asyncio.sleep(0.05)
+        for stream in streams:
+            stream.cancel()
+        await stack.core.stop()
+        assert len(stack.core.calls) == 0
+        await asyncio.gather(*readers, return_exceptions=True)
+
+
 async def test_one_group_served_by_two_replicas(redis_client: redis.Redis) -> None:
     settings = make_settings(app_table(new_app_id()))
     async with (

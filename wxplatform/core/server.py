@@ -41,7 +41,7 @@ from wxplatform.core.adapters.wechat_client import WeChatClient
 from wxplatform.core.metrics import MetricsServer
 from wxplatform.core.servicers.events import EventServicer
 from wxplatform.core.servicers.ingress import IngressServicer
-from wxplatform.core.servicers.interceptors import default_interceptors
+from wxplatform.core.servicers.interceptors import InFlightCalls, default_interceptors
 from wxplatform.core.servicers.messaging import MessagingServicer
 from wxplatform.core.servicers.oauth import OAuthServicer
 from wxplatform.core.servicers.sessions import SessionServicer
@@ -94,6 +94,7 @@ class CoreServer:
     tokens: TokenService
     refresher: asyncio.Task[None]
     background: Background
+    calls: InFlightCalls
 
     async def stop(self) -> None:
         """Graceful drain: NOT_SERVING first, then let in-flight RPCs finish.
@@ -107,6 +108,9 @@ class CoreServer:
         self.stopping.set()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.drain_seconds)
+        # A handler still unwinding after that (a stream whose client left) must finish
+        # before the stores' pools close under it.
+        await self.calls.finished(5.0)
         # The refresher sees `stopping` and ends its pass; cancel only a stuck one, as a
         # cancelled Redis call would strand its connection.
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
@@ -135,6 +139,7 @@ async def create_server(
     """Build and start core on `listen` (default `[core] listen`; port 0 picks one)."""
     stopping = asyncio.Event()
     background = Background()
+    calls = InFlightCalls()
     store = IngressStore(
         redis_client,
         dedup_ttl_seconds=settings.core.dedup_ttl_seconds,
@@ -186,7 +191,7 @@ async def create_server(
     )
 
     server = grpc.aio.server(
-        interceptors=default_interceptors(settings.callers),
+        interceptors=default_interceptors(settings.callers, calls),
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
     )
     ingress_service_pb2_grpc.add_IngressServiceServicer_to_server(
@@ -240,6 +245,7 @@ async def create_server(
         tokens,
         refresher,
         background,
+        calls,
     )
 
 

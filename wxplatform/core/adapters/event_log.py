@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from wxplatform.core.adapters import redis_keys
 from wxplatform.core.adapters.redis_client import own_pool
 from wxplatform.core.model import StoredEvent
-from wxplatform.errors import StoreUnavailable
+from wxplatform.errors import ShuttingDown, StoreUnavailable
 
 __all__ = ["EventLog"]
 
@@ -145,9 +145,14 @@ class EventLog:
         self._retention = retention
         self._claim = client.register_script(_CLAIM)
         self._reads: set[asyncio.Future[Any]] = set()
+        self._closed = False
 
     async def close(self) -> None:
-        """Wait for blocking reads left behind by departed consumers (at most one block)."""
+        """Wait for blocking reads left behind by departed consumers (at most one block).
+
+        Reads asked for after this are refused: the reader pool is closed, and one made
+        again would open connections that nothing closes."""
+        self._closed = True
         await asyncio.gather(*self._reads, return_exceptions=True)
         await self._reader.aclose(close_connection_pool=True)
 
@@ -216,6 +221,8 @@ class EventLog:
         self, app_id: str, group: str, consumer: str, *, count: int, block_ms: int
     ) -> list[StoredEvent]:
         """Events never delivered to the group, waiting up to `block_ms` for some."""
+        if self._closed:
+            raise ShuttingDown("the event log is closed")
         stream = redis_keys.events(app_id)
         read: asyncio.Future[Any] = asyncio.ensure_future(
             self._reader.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from wxplatform.core.adapters import redis_keys
 from wxplatform.core.adapters.redis_client import own_pool
 from wxplatform.core.model import SessionChange, StoredSession
-from wxplatform.errors import StoreUnavailable
+from wxplatform.errors import ShuttingDown, StoreUnavailable
 
 __all__ = ["SessionStore", "is_event_id"]
 
@@ -157,9 +157,12 @@ class SessionStore:
         self._revoke_user = client.register_script(_REVOKE_USER)
         self._newest = client.register_script(_NEWEST)
         self._reads: set[asyncio.Future[Any]] = set()
+        self._closed = False
 
     async def close(self) -> None:
-        """Wait for watch reads left behind by departed watchers (at most one block)."""
+        """Wait for watch reads left behind by departed watchers (at most one block); reads
+        asked for after this are refused."""
+        self._closed = True
         await asyncio.gather(*self._reads, return_exceptions=True)
         await self._watch.aclose(close_connection_pool=True)
 
@@ -237,6 +240,8 @@ class SessionStore:
     ) -> tuple[list[SessionChange], str]:
         """Events after `after`, oldest first, waiting up to `block_ms` for some, and the
         position after them (markers are skipped but passed)."""
+        if self._closed:
+            raise ShuttingDown("the session store is closed")
         stream = redis_keys.session_events(app_id)
         read: asyncio.Future[Any] = asyncio.ensure_future(
             self._watch.xread({stream: after}, count=count, block=block_ms)

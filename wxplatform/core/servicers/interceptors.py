@@ -11,6 +11,7 @@ stream opens, and the servicer authorizes every request through `stream_authoriz
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -32,7 +33,7 @@ from wxplatform.errors import (
 )
 from wxplatform.logs import REQUEST_ID_METADATA, new_request_id, request_id
 
-__all__ = ["CallerAuth", "ErrorMapping", "Observability", "default_interceptors"]
+__all__ = ["CallerAuth", "ErrorMapping", "InFlightCalls", "Observability", "default_interceptors"]
 
 log = logging.getLogger("wxplatform.core.rpc")
 
@@ -148,8 +149,48 @@ class _HandlerWrapper(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
 
 
+class InFlightCalls:
+    """The tasks running RPC handlers, so that stopping waits until none is left.
+
+    grpc.aio's `server.stop` may return while a cancelled handler is still unwinding (a
+    stream whose client went away runs until its next write). Such a handler must not
+    touch Redis after core closed its pools: a pool reopened then leaks its connection.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def enter(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        return task
+
+    def leave(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None:
+            self._tasks.discard(task)
+
+    async def finished(self, timeout: float) -> None:
+        """Wait for the handlers still running; cancel those that outlast `timeout`."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+
 class Observability(_HandlerWrapper):
-    """Request id (from `x-request-id` or new), one access log line, and RPC metrics."""
+    """Request id (from `x-request-id` or new), one access log line, RPC metrics, and the
+    registry of handlers in flight."""
+
+    def __init__(self, calls: InFlightCalls | None = None) -> None:
+        super().__init__()
+        self._calls = calls if calls is not None else InFlightCalls()
 
     def _begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         request_id.set(_metadata(context).get(REQUEST_ID_METADATA) or new_request_id())
@@ -180,11 +221,13 @@ class Observability(_HandlerWrapper):
 
     def unary(self, method: str, behavior: Unary) -> Unary:
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            task = self._calls.enter()
             started = self._begin(context)
             try:
                 return await behavior(request, context)
             finally:
                 self._end(method, context, started)
+                self._calls.leave(task)
 
         return observed
 
@@ -192,12 +235,14 @@ class Observability(_HandlerWrapper):
         async def observed(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            task = self._calls.enter()
             started = self._begin(context)
             try:
                 async for item in behavior(request, context):
                     yield item
             finally:
                 self._end(method, context, started)
+                self._calls.leave(task)
 
         return observed
 
@@ -336,6 +381,8 @@ class CallerAuth(_HandlerWrapper):
         return authorized
 
 
-def default_interceptors(callers: tuple[CallerConfig, ...]) -> list[grpc.aio.ServerInterceptor]:
-    """The interceptor chain, outermost first."""
-    return [Observability(), ErrorMapping(), CallerAuth(callers)]
+def default_interceptors(
+    callers: tuple[CallerConfig, ...], calls: InFlightCalls | None = None
+) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptor chain, outermost first (`calls` tracks the handlers in flight)."""
+    return [Observability(calls), ErrorMapping(), CallerAuth(callers)]
