@@ -271,11 +271,11 @@ def _grpc_scenarios(
         ("sends", "echo, SendTemplate, Redis per send", run_sends, judge_sends, sends_json, 2),
         (
             "identity",
-            "echo, GetSession, floor, Code2Session, Redis",
+            "echo, session floor, GetSession, login floor, Code2Session, Redis",
             run_identity,
             judge_identity,
             identity_json,
-            4,
+            5,
         ),
     ]
     wanted = {"sends": with_sends, "identity": with_identity}

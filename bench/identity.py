@@ -54,6 +54,7 @@ FLOOR_METHOD = "/bench.Floor/Login"
 MINI_OPENID = "oBenchMini0000000000000001"
 _SESSIONS = 200
 _MONITORED = 100
+_PHASES = ("echo", "get", "get_floor", "floor", "login")
 _CODES_PER_SECOND = 3000  # more than either login target manages per second here
 
 
@@ -118,12 +119,58 @@ async def _floor(spec: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         await http.close()
 
 
-async def _serve_floor(spec: dict[str, Any], max_seconds: float) -> None:
+@contextlib.asynccontextmanager
+async def _session_floor(spec: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """GetSession's floor on this stack: a grpc.aio handler making one pooled redis-py
+    HMGET and answering with a Session; `floor_interceptors` in the spec adds core's chain
+    (request id and access log, error mapping, caller authentication)."""
+    import grpc
+    import redis.asyncio as redis
+
+    from acme.wxplatform.v1 import session_service_pb2 as spb
+    from wxplatform.config import parse_settings
+    from wxplatform.core.servicers.interceptors import default_interceptors
+
+    settings = parse_settings(spec["config"], source="<bench floor>")
+    client = redis.from_url(spec["floor_redis"])
+    key = f"wxp:{{{spec['app_id']}}}:bench-floor"
+    fields = ("id", "openid", "unionid", "attrs", "created", "expires", "absolute", "idle")
+    await client.hset(key, mapping=dict.fromkeys(fields, "1"))
+
+    async def get(request: spb.GetSessionRequest, context: Any) -> spb.GetSessionResponse:
+        values = await client.hmget(key, fields)
+        return spb.GetSessionResponse(
+            session=spb.Session(session_id=str(values[0]), app_id=request.app_id)
+        )
+
+    chain = default_interceptors(settings.callers) if spec.get("floor_interceptors") else None
+    server = grpc.aio.server(interceptors=chain)
+    handler = grpc.method_handlers_generic_handler(
+        "acme.wxplatform.v1.SessionService",
+        {
+            "GetSession": grpc.unary_unary_rpc_method_handler(
+                get,
+                request_deserializer=spb.GetSessionRequest.FromString,
+                response_serializer=spb.GetSessionResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield {"port": port}
+    finally:
+        await server.stop(1.0)
+        await client.aclose()
+
+
+async def _serve_floor(kind: str, spec: dict[str, Any], max_seconds: float) -> None:
     from bench.serve import _watch_for_stop
 
     stop = asyncio.Event()
     _watch_for_stop(stop, max_seconds)
-    async with _floor(spec) as ready:
+    async with _floor(spec) if kind == "floor" else _session_floor(spec) as ready:
         sys.stdout.write(json.dumps({**ready, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()
         await stop.wait()
@@ -143,6 +190,8 @@ class IdentityJob:
     echo_pid: int
     floor_port: int
     floor_pid: int
+    session_floor_port: int
+    session_floor_pid: int
     sim_url: str
     sim_pid: int
     redis_url: str
@@ -156,6 +205,7 @@ class IdentityResult:
 
     echo: PhaseResult
     get: PhaseResult
+    get_floor: PhaseResult
     floor: PhaseResult
     login: PhaseResult
     get_trips: float
@@ -163,14 +213,14 @@ class IdentityResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **{k: getattr(self, k).to_json() for k in ("echo", "get", "floor", "login")},
+            **{k: getattr(self, k).to_json() for k in _PHASES},
             "get_trips": self.get_trips,
             "refresh_trips": self.refresh_trips,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> IdentityResult:
-        phases = {k: PhaseResult.from_json(data[k]) for k in ("echo", "get", "floor", "login")}
+        phases = {k: PhaseResult.from_json(data[k]) for k in _PHASES}
         return cls(**phases, get_trips=data["get_trips"], refresh_trips=data["refresh_trips"])
 
 
@@ -200,6 +250,8 @@ async def _run_load(job: IdentityJob, spec: dict[str, Any]) -> IdentityResult:
     core = grpc.aio.insecure_channel(f"127.0.0.1:{job.core_port}")
     echo_channel = grpc.aio.insecure_channel(f"127.0.0.1:{job.echo_port}")
     floor_channel = grpc.aio.insecure_channel(f"127.0.0.1:{job.floor_port}")
+    session_floor = grpc.aio.insecure_channel(f"127.0.0.1:{job.session_floor_port}")
+    floor_sessions = session_service_pb2_grpc.SessionServiceStub(session_floor)
     client = redis.from_url(job.redis_url)
     sessions = session_service_pb2_grpc.SessionServiceStub(core)
     oauth = oauth_service_pb2_grpc.OAuthServiceStub(core)
@@ -226,6 +278,10 @@ async def _run_load(job: IdentityJob, spec: dict[str, Any]) -> IdentityResult:
         request = spb.GetSessionRequest(app_id=app, session_token=random.choice(tokens))  # noqa: S311
         return await sessions.GetSession(request, metadata=metadata, timeout=10)
 
+    async def get_floor() -> object:
+        request = spb.GetSessionRequest(app_id=app, session_token=random.choice(tokens))  # noqa: S311
+        return await floor_sessions.GetSession(request, metadata=metadata, timeout=10)
+
     async def refresh() -> object:
         request = spb.RefreshSessionRequest(app_id=app, session_token=random.choice(tokens))  # noqa: S311
         return await sessions.RefreshSession(request, metadata=metadata, timeout=10)
@@ -240,6 +296,7 @@ async def _run_load(job: IdentityJob, spec: dict[str, Any]) -> IdentityResult:
     targets = {
         "echo": (echo, job.echo_pid),
         "get": (get, job.core_pid),
+        "get_floor": (get_floor, job.session_floor_pid),
         "floor": (floor, job.floor_pid),
         "login": (login, job.core_pid),
     }
@@ -255,7 +312,7 @@ async def _run_load(job: IdentityJob, spec: dict[str, Any]) -> IdentityResult:
         get_trips = sum((await round_trips(client, get, _MONITORED)).values()) / _MONITORED
         refresh_trips = sum((await round_trips(client, refresh, _MONITORED)).values()) / _MONITORED
     finally:
-        for channel in (core, echo_channel, floor_channel):
+        for channel in (core, echo_channel, floor_channel, session_floor):
             await channel.close()
         await client.aclose()
     merged = {name: merge_rounds(rounds[name], latencies[name]) for name in targets}
@@ -307,8 +364,20 @@ def run_identity(tmp: Path, plan: SendsPlan, log_level: str = "INFO") -> Identit
         for server in servers.values():
             server.wait_ready()
         core, echo, floor = servers["core"], servers["echo"], servers["floor"]
+        spec["floor_redis"] = core.ready["redis"]
+        write_spec(spec_path, spec)
+        session_floor = ServerProcess(
+            "session-floor",
+            spec_path,
+            tmp / "id-session-floor",
+            cpu=server_cpu,
+            module="bench.identity",
+        )
+        stack.callback(session_floor.stop)
+        session_floor.start()
         job = IdentityJob(
             str(spec_path), core.port, core.pid, echo.port, echo.pid, floor.port, floor.pid,
+            session_floor.port, session_floor.pid,
             str(sim.ready["url"]), sim.pid, str(core.ready["redis"]), plan, load_cpu,
         )  # fmt: skip
         timeout = plan.rounds * 4 * (plan.warmup + plan.duration + 5) + 120
@@ -345,15 +414,25 @@ def _ratio(row: Row, reference: PhaseResult, minimum: float) -> None:
 def judge_identity(result: IdentityResult | None, failure: str | None = None) -> list[Row]:
     """Rows: echo and floor (references), GetSession and Code2Session, Redis trips."""
     mode, shape = "grpc", "closed"
-    names = ("echo", "get-session", "floor", "code2session", "redis-sessions")
+    names = (
+        "echo", "session-floor", "get-session", "floor", "code2session", "redis-sessions"
+    )  # fmt: skip
     if result is None:
         return [
             Row(n, mode, shape, failure=failure or "did not run", verdict="FAIL") for n in names
         ]
     echo = Row("echo", mode, shape, result=result.echo, target="reference", verdict="ref")
     echo.ratio = echo.core_ratio = 1.0
+    get_floor = Row(
+        "session-floor", mode, shape, result=result.get_floor, target="floor", verdict="ref"
+    )
+    _ratio(get_floor, result.echo, 0.0)
+    get_floor.verdict = "ref"
+    get_floor.notes.append("a grpc.aio handler with one pooled HMGET, no interceptors")
     get = Row("get-session", mode, shape, result=result.get, target=f"×/core ≥ {GET_RATIO:g}")
     _ratio(get, result.echo, GET_RATIO)
+    if get.core_ratio is not None and get_floor.core_ratio:
+        get.notes.append(f"{get.core_ratio / get_floor.core_ratio:.2f}× its floor per core")
     floor = Row("floor", mode, shape, result=result.floor, target="reference", verdict="ref")
     floor.ratio = floor.core_ratio = 1.0
     floor.notes.append("one pooled aiohttp call to the same simulator per RPC")
@@ -368,7 +447,7 @@ def judge_identity(result: IdentityResult | None, failure: str | None = None) ->
         f"GetSession {result.get_trips:.2f}, RefreshSession {result.refresh_trips:.2f} round"
         " trips per call (MONITOR; a script call counts as one)"
     )
-    return [echo, get, floor, login, trips]
+    return [echo, get_floor, get, floor, login, trips]
 
 
 def identity_json(result: IdentityResult | None) -> dict[str, Any] | None:
@@ -393,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["load"]:
         return _load_main()
     parser = argparse.ArgumentParser(prog="python -m bench.identity")
-    parser.add_argument("kind", choices=("floor",))
+    parser.add_argument("kind", choices=("floor", "session-floor"))
     parser.add_argument("--spec", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--cpu", type=int, default=None)
@@ -403,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.sched_setaffinity(0, {args.cpu})
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = json.loads(args.spec.read_text(encoding="utf-8"))
-    asyncio.run(_serve_floor(spec, args.max_seconds))
+    asyncio.run(_serve_floor(args.kind, spec, args.max_seconds))
     return 0
 
 

@@ -121,10 +121,12 @@ def test_identity_scenario_measures_sessions_and_logins(tmp_path: Path) -> None:
 
     plan = SendsPlan(concurrency=4, warmup=0.1, duration=0.3, rounds=1)
     result = run_identity(tmp_path, plan)
-    for phase in (result.echo, result.get, result.floor, result.login):
+    for phase in (result.echo, result.get, result.get_floor, result.floor, result.login):
         assert phase.errors == {}
         assert phase.requests > 0
     assert result.get_trips == 1.0
     assert 0 < result.refresh_trips <= 2.0
     names = [row.scenario for row in judge_identity(result)]
-    assert names == ["echo", "get-session", "floor", "code2session", "redis-sessions"]
+    assert names == [
+        "echo", "session-floor", "get-session", "floor", "code2session", "redis-sessions"
+    ]  # fmt: skip
