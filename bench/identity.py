@@ -25,15 +25,14 @@ import contextlib
 import json
 import os
 import random
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.load import merge_rounds
-from bench.procs import ROOT, BenchProcessError, ServerProcess, cpu_plan
+from bench.procs import ServerProcess, cpu_plan
 from bench.report import Row
 from bench.sends import (
     ECHO_METHOD,
@@ -41,6 +40,7 @@ from bench.sends import (
     closed_window,
     new_sends_spec,
     round_trips,
+    run_load,
     write_spec,
 )
 from bench.stats import PhaseResult
@@ -380,22 +380,8 @@ def run_identity(tmp: Path, plan: SendsPlan, log_level: str = "INFO") -> Identit
             session_floor.port, session_floor.pid,
             str(sim.ready["url"]), sim.pid, str(core.ready["redis"]), plan, load_cpu,
         )  # fmt: skip
-        timeout = plan.rounds * 4 * (plan.warmup + plan.duration + 5) + 120
-        try:
-            completed = subprocess.run(
-                [sys.executable, "-m", "bench.identity", "load"],
-                cwd=ROOT,
-                input=json.dumps(asdict(job)).encode(),
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise BenchProcessError(f"identity load still running after {timeout:.0f} s") from None
-        if completed.returncode != 0:
-            stderr = completed.stderr.decode(errors="replace").strip().splitlines()[-15:]
-            raise BenchProcessError("identity load failed:\n" + "\n".join(stderr))
-        return IdentityResult.from_json(json.loads(completed.stdout))
+        timeout = plan.rounds * 5 * (plan.warmup + plan.duration + 5) + 120
+        return IdentityResult.from_json(run_load("bench.identity", job, timeout))
 
 
 def _ratio(row: Row, reference: PhaseResult, minimum: float) -> None:

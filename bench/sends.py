@@ -55,6 +55,7 @@ __all__ = [
     "judge_sends",
     "main",
     "round_trips",
+    "run_load",
     "run_sends",
     "write_spec",
 ]
@@ -390,11 +391,12 @@ def _load_main() -> int:
 # -- the driver's side ----------------------------------------------------------------
 
 
-def _spawn_load(job: SendsJob) -> SendsResult:
-    timeout = job.plan.rounds * 2 * (job.plan.warmup + job.plan.duration + 5) + 60
+def run_load(module: str, job: Any, timeout: float) -> dict[str, Any]:
+    """Run `python -m <module> load` with `job` (a dataclass) on stdin; its JSON answer."""
+    name = module.rpartition(".")[2]
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "bench.sends", "load"],
+            [sys.executable, "-m", module, "load"],
             cwd=ROOT,
             input=json.dumps(asdict(job)).encode(),
             capture_output=True,
@@ -402,11 +404,17 @@ def _spawn_load(job: SendsJob) -> SendsResult:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise BenchProcessError(f"sends load still running after {timeout:.0f} s") from None
+        raise BenchProcessError(f"{name} load still running after {timeout:.0f} s") from None
     if completed.returncode != 0:
         stderr = completed.stderr.decode(errors="replace").strip().splitlines()[-15:]
-        raise BenchProcessError("sends load failed:\n" + "\n".join(stderr))
-    return SendsResult.from_json(json.loads(completed.stdout))
+        raise BenchProcessError(f"{name} load failed:\n" + "\n".join(stderr))
+    answer: dict[str, Any] = json.loads(completed.stdout)
+    return answer
+
+
+def _spawn_load(job: SendsJob) -> SendsResult:
+    timeout = job.plan.rounds * 2 * (job.plan.warmup + job.plan.duration + 5) + 60
+    return SendsResult.from_json(run_load("bench.sends", job, timeout))
 
 
 def run_sends(tmp: Path, plan: SendsPlan, log_level: str = "INFO") -> SendsResult:
