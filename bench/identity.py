@@ -41,6 +41,7 @@ from bench.sends import (
     new_sends_spec,
     round_trips,
     run_load,
+    serve_until_stopped,
     write_spec,
 )
 from bench.stats import PhaseResult
@@ -166,14 +167,8 @@ async def _session_floor(spec: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
 
 
 async def _serve_floor(kind: str, spec: dict[str, Any], max_seconds: float) -> None:
-    from bench.serve import _watch_for_stop
-
-    stop = asyncio.Event()
-    _watch_for_stop(stop, max_seconds)
-    async with _floor(spec) if kind == "floor" else _session_floor(spec) as ready:
-        sys.stdout.write(json.dumps({**ready, "pid": os.getpid()}) + "\n")
-        sys.stdout.flush()
-        await stop.wait()
+    running = _floor(spec) if kind == "floor" else _session_floor(spec)
+    await serve_until_stopped(running, max_seconds)
 
 
 # -- the load process -----------------------------------------------------------------

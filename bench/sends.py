@@ -57,6 +57,7 @@ __all__ = [
     "round_trips",
     "run_load",
     "run_sends",
+    "serve_until_stopped",
     "write_spec",
 ]
 
@@ -175,16 +176,23 @@ async def _echo() -> AsyncIterator[dict[str, Any]]:
         await server.stop(1.0)
 
 
-async def _serve(kind: str, spec: dict[str, Any], workdir: Path, max_seconds: float) -> None:
+async def serve_until_stopped(
+    running: contextlib.AbstractAsyncContextManager[dict[str, Any]], max_seconds: float
+) -> None:
+    """Start a server, print its ready line (with the pid) and serve until told to stop."""
     from bench.serve import _watch_for_stop
 
     stop = asyncio.Event()
     _watch_for_stop(stop, max_seconds)
-    running = _sim(spec) if kind == "sim" else _core(spec, workdir) if kind == "core" else _echo()
     async with running as ready:
         sys.stdout.write(json.dumps({**ready, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()
         await stop.wait()
+
+
+async def _serve(kind: str, spec: dict[str, Any], workdir: Path, max_seconds: float) -> None:
+    running = _sim(spec) if kind == "sim" else _core(spec, workdir) if kind == "core" else _echo()
+    await serve_until_stopped(running, max_seconds)
 
 
 # -- the load process -----------------------------------------------------------------
