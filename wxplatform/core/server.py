@@ -75,8 +75,6 @@ API_SERVICES = tuple(
     )
 )
 
-# Services whose RPCs are not implemented yet (UNIMPLEMENTED with NOT_IMPLEMENTED).
-
 
 @dataclass
 class CoreServer:

@@ -29,11 +29,12 @@ class IdentityDeps:
     vault: Vault
     clock: Clock
 
-    def app(self, app_id: str, kind: AppKind, refusal: str) -> AppConfig:
-        """The configured app, which must be of `kind` (else `AppKindMismatch(refusal)`)."""
+    def app(self, app_id: str, kinds: tuple[AppKind, ...], refusal: str) -> AppConfig:
+        """The configured app, which must be of one of `kinds` (else
+        `AppKindMismatch(refusal)`)."""
         app = self.apps.get(app_id)
         if app is None:
             raise AppNotFound(app_id)
-        if app.kind != kind:
+        if app.kind not in kinds:
             raise AppKindMismatch(refusal)
         return app

@@ -70,7 +70,7 @@ class MiniProgramIdentity:
         self._store, self._vault, self._clock = deps.store, deps.vault, deps.clock
 
     def _mini_program(self, app_id: str) -> AppConfig:
-        return self._deps.app(app_id, "mini_program", "this belongs to mini programs")
+        return self._deps.app(app_id, ("mini_program",), "this belongs to mini programs")
 
     async def code_to_session(
         self, app_id: str, js_code: str, attributes: Mapping[str, str], *, deadline: float

@@ -140,12 +140,11 @@ class WebLogin:
 
     def _web_app(self, app_id: str) -> AppConfig:
         """An official account or a website app (the two kinds that log users in on the web)."""
-        try:
-            return self._deps.app(app_id, "official_account", "")
-        except AppKindMismatch:
-            return self._deps.app(
-                app_id, "website", "web login belongs to official accounts and websites"
-            )
+        return self._deps.app(
+            app_id,
+            ("official_account", "website"),
+            "web login belongs to official accounts and websites",
+        )
 
     async def build_authorize_url(
         self, app_id: str, scope: str, return_url: str, *, force_popup: bool, binding: str
