@@ -211,6 +211,18 @@ async def running_stack(
         await core.stop()
 
 
+@asynccontextmanager
+async def simulated_stack(
+    settings: Settings, client: redis.Redis, *, clock: Clock | None = None, with_edge: bool = False
+) -> AsyncIterator[tuple[WeChatSimulator, Stack]]:
+    """The simulator as WeChat, and core (and the edge) pointed at it."""
+    async with (
+        running_simulator(settings, clock) as (sim, simulated),
+        running_stack(simulated, client, with_edge=with_edge, clock=clock) as stack,
+    ):
+        yield sim, stack
+
+
 def app_by_prefix(stack: Stack, prefix: str) -> AppConfig:
     """The stack's app whose id starts with `prefix` (tests name apps by role)."""
     return next(a for a in stack.settings.apps.values() if a.app_id.startswith(prefix))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +23,7 @@ from tests.support import (
     error_info,
     make_settings,
     new_app_id,
-    running_simulator,
-    running_stack,
+    simulated_stack,
 )
 from wxplatform.clock import ManualClock
 from wxplatform.sim import WeChatSimulator
@@ -71,11 +69,7 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
     mini, other, official = new_app_id("wxmini"), new_app_id("wxmini"), new_app_id("wxoa")
     settings = make_settings(mini_table(mini), mini_table(other), app_table(official))
     clock = ManualClock()
-    async with contextlib.AsyncExitStack() as stack:
-        sim, settings = await stack.enter_async_context(running_simulator(settings, clock))
-        running = await stack.enter_async_context(
-            running_stack(settings, redis_client, clock=clock)
-        )
+    async with simulated_stack(settings, redis_client, clock=clock) as (sim, running):
         yield Env(
             sim,
             clock,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import secrets
@@ -28,8 +27,7 @@ from tests.support import (
     error_info,
     make_settings,
     new_app_id,
-    running_simulator,
-    running_stack,
+    simulated_stack,
 )
 from wxplatform.clock import ManualClock
 from wxplatform.sim import WeChatSimulator
@@ -120,11 +118,7 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
     app, other = new_app_id("wxoa"), new_app_id("wxoa")
     settings = make_settings(oauth_table(app), oauth_table(other))
     clock = ManualClock()
-    async with contextlib.AsyncExitStack() as stack:
-        sim, settings = await stack.enter_async_context(running_simulator(settings, clock))
-        running = await stack.enter_async_context(
-            running_stack(settings, redis_client, clock=clock)
-        )
+    async with simulated_stack(settings, redis_client, clock=clock) as (sim, running):
         yield Env(
             sim,
             clock,
@@ -343,9 +337,7 @@ async def test_a_website_app_logs_in_through_the_qr_page(redis_client: redis.Red
     )
     table.pop("token")
     settings = make_settings(table)
-    async with contextlib.AsyncExitStack() as stack:
-        sim, settings = await stack.enter_async_context(running_simulator(settings))
-        running = await stack.enter_async_context(running_stack(settings, redis_client))
+    async with simulated_stack(settings, redis_client) as (sim, running):
         env = Env(
             sim,
             ManualClock(),

@@ -37,8 +37,7 @@ from tests.support import (
     bearer,
     make_settings,
     new_app_id,
-    running_simulator,
-    running_stack,
+    simulated_stack,
 )
 from wxplatform.sim import WeChatSimulator
 
@@ -165,9 +164,8 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
     desk.pop("token")
     settings = make_settings(app_table(app, oauth=oauth), desk)
     async with contextlib.AsyncExitStack() as stack:
-        sim, settings = await stack.enter_async_context(running_simulator(settings))
-        running = await stack.enter_async_context(
-            running_stack(settings, redis_client, with_edge=True)
+        sim, running = await stack.enter_async_context(
+            simulated_stack(settings, redis_client, with_edge=True)
         )
         sessions = spb_grpc.SessionServiceStub(running.channel)
         shop = tornado.httpserver.HTTPServer(

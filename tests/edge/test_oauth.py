@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -22,8 +21,7 @@ from tests.support import (
     bearer,
     make_settings,
     new_app_id,
-    running_simulator,
-    running_stack,
+    simulated_stack,
 )
 from wxplatform.sim import WeChatSimulator
 
@@ -86,11 +84,7 @@ def oauth_app(app_id: str, *, secure: bool) -> dict[str, Any]:
 async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
     app, secure = new_app_id("wxoa"), new_app_id("wxoa")
     settings = make_settings(oauth_app(app, secure=False), oauth_app(secure, secure=True))
-    async with contextlib.AsyncExitStack() as stack:
-        sim, settings = await stack.enter_async_context(running_simulator(settings))
-        running = await stack.enter_async_context(
-            running_stack(settings, redis_client, with_edge=True)
-        )
+    async with simulated_stack(settings, redis_client, with_edge=True) as (sim, running):
         yield Env(sim, running, app, secure)
 
 
