@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import merge_rounds
-from bench.procs import ServerProcess, cpu_plan
+from bench.procs import ServerProcess
 from bench.report import Row
 from bench.sends import (
     ECHO_METHOD,
@@ -42,6 +42,7 @@ from bench.sends import (
     round_trips,
     run_load,
     serve_until_stopped,
+    start_servers,
     write_spec,
 )
 from bench.stats import PhaseResult
@@ -329,43 +330,23 @@ def _load_main() -> int:
 
 
 def run_identity(tmp: Path, plan: SendsPlan, log_level: str = "INFO") -> IdentityResult:
-    """Start sim, core, echo and the floor, measure them with a load process, stop them."""
-    server_cpu, load_cpu = cpu_plan()
-    allowed = sorted(os.sched_getaffinity(0))
-    sim_cpu = allowed[2] if len(allowed) > 2 else load_cpu
+    """Start sim, core, echo and the floors, measure them with a load process, stop them."""
     spec = new_identity_spec(log_level)
     spec_path = tmp / "identity-spec.json"
     write_spec(spec_path, spec)
     with contextlib.ExitStack() as stack:
-        sim = ServerProcess("sim", spec_path, tmp / "id-sim", cpu=sim_cpu, module="bench.sends")
-        stack.callback(sim.stop)
-        sim.start()
-        spec["config"]["wechat"] = {"api_base": sim.ready["url"]}
-        write_spec(spec_path, spec)
-        servers = {
-            "core": ServerProcess(
-                "core", spec_path, tmp / "id-core", cpu=server_cpu, module="bench.sends"
-            ),
-            "echo": ServerProcess(
-                "echo", spec_path, tmp / "id-echo", cpu=server_cpu, module="bench.sends"
-            ),
-            "floor": ServerProcess(
-                "floor", spec_path, tmp / "id-floor", cpu=server_cpu, module="bench.identity"
-            ),
-        }
-        for server in servers.values():
-            stack.callback(server.stop)
-            server.spawn()
-        for server in servers.values():
-            server.wait_ready()
-        core, echo, floor = servers["core"], servers["echo"], servers["floor"]
+        up, servers = start_servers(
+            stack, spec, spec_path, tmp / "identity", extra=[("floor", "bench.identity")]
+        )
+        core, echo, floor = up.core, up.echo, servers["floor"]
+        # The session floor reads core's Redis, known only once core runs.
         spec["floor_redis"] = core.ready["redis"]
         write_spec(spec_path, spec)
         session_floor = ServerProcess(
             "session-floor",
             spec_path,
-            tmp / "id-session-floor",
-            cpu=server_cpu,
+            tmp / "identity" / "session-floor",
+            cpu=up.server_cpu,
             module="bench.identity",
         )
         stack.callback(session_floor.stop)
@@ -373,7 +354,7 @@ def run_identity(tmp: Path, plan: SendsPlan, log_level: str = "INFO") -> Identit
         job = IdentityJob(
             str(spec_path), core.port, core.pid, echo.port, echo.pid, floor.port, floor.pid,
             session_floor.port, session_floor.pid,
-            str(sim.ready["url"]), sim.pid, str(core.ready["redis"]), plan, load_cpu,
+            str(up.sim.ready["url"]), up.sim.pid, str(core.ready["redis"]), plan, up.load_cpu,
         )  # fmt: skip
         timeout = plan.rounds * 5 * (plan.warmup + plan.duration + 5) + 120
         return IdentityResult.from_json(run_load("bench.identity", job, timeout))

@@ -51,6 +51,7 @@ __all__ = [
     "SENDS_RATIO",
     "SendsPlan",
     "SendsResult",
+    "Servers",
     "closed_window",
     "judge_sends",
     "main",
@@ -58,6 +59,7 @@ __all__ = [
     "run_load",
     "run_sends",
     "serve_until_stopped",
+    "start_servers",
     "write_spec",
 ]
 
@@ -425,35 +427,60 @@ def _spawn_load(job: SendsJob) -> SendsResult:
     return SendsResult.from_json(run_load("bench.sends", job, timeout))
 
 
-def run_sends(tmp: Path, plan: SendsPlan, log_level: str = "INFO") -> SendsResult:
-    """Start sim, core and echo, measure them with a load process, stop them."""
+@dataclass(frozen=True)
+class Servers:
+    """The processes both gRPC scenarios start: the simulator, core and the echo."""
+
+    sim: ServerProcess
+    core: ServerProcess
+    echo: ServerProcess
+    server_cpu: int | None
+    load_cpu: int | None
+
+
+def start_servers(
+    stack: contextlib.ExitStack,
+    spec: dict[str, Any],
+    spec_path: Path,
+    workdir: Path,
+    extra: Sequence[tuple[str, str]] = (),
+) -> tuple[Servers, dict[str, ServerProcess]]:
+    """Start the simulator (its URL then goes into the spec), core and the echo, and the
+    `extra` (kind, module) servers beside them on the server CPU; `stack` stops them."""
     server_cpu, load_cpu = cpu_plan()
     allowed = sorted(os.sched_getaffinity(0))
     # The simulator stands in for WeChat: anywhere but the server CPU.
     sim_cpu = allowed[2] if len(allowed) > 2 else load_cpu
+    sim = ServerProcess("sim", spec_path, workdir / "sim", cpu=sim_cpu, module="bench.sends")
+    stack.callback(sim.stop)
+    sim.start()
+    spec["config"]["wechat"] = {"api_base": sim.ready["url"]}
+    write_spec(spec_path, spec)
+    kinds = [("core", "bench.sends"), ("echo", "bench.sends"), *extra]
+    servers = {
+        kind: ServerProcess(kind, spec_path, workdir / kind, cpu=server_cpu, module=module)
+        for kind, module in kinds
+    }
+    for server in servers.values():
+        stack.callback(server.stop)
+        server.spawn()
+    for server in servers.values():
+        server.wait_ready()
+    started = Servers(sim, servers["core"], servers["echo"], server_cpu, load_cpu)
+    return started, servers
+
+
+def run_sends(tmp: Path, plan: SendsPlan, log_level: str = "INFO") -> SendsResult:
+    """Start sim, core and echo, measure them with a load process, stop them."""
     spec = new_sends_spec(log_level)
     spec_path = tmp / "sends-spec.json"
     write_spec(spec_path, spec)
     with contextlib.ExitStack() as stack:
-        sim = ServerProcess("sim", spec_path, tmp / "sends-sim", cpu=sim_cpu, module="bench.sends")
-        stack.callback(sim.stop)
-        sim.start()
-        spec["config"]["wechat"] = {"api_base": sim.ready["url"]}
-        write_spec(spec_path, spec)
-        core = ServerProcess(
-            "core", spec_path, tmp / "sends-core", cpu=server_cpu, module="bench.sends"
-        )
-        echo = ServerProcess(
-            "echo", spec_path, tmp / "sends-echo", cpu=server_cpu, module="bench.sends"
-        )
-        for server in (core, echo):
-            stack.callback(server.stop)
-            server.spawn()
-        core.wait_ready()
-        echo.wait_ready()
+        up, _ = start_servers(stack, spec, spec_path, tmp / "sends")
+        core, echo = up.core, up.echo
         job = SendsJob(
-            str(spec_path), core.port, core.pid, echo.port, echo.pid, sim.pid,
-            str(core.ready["redis"]), plan, load_cpu,
+            str(spec_path), core.port, core.pid, echo.port, echo.pid, up.sim.pid,
+            str(core.ready["redis"]), plan, up.load_cpu,
         )  # fmt: skip
         return _spawn_load(job)
 
