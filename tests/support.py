@@ -138,6 +138,15 @@ def make_settings(
     return settings
 
 
+async def refused(call: Any) -> grpc.aio.AioRpcError:
+    """The error a call that must fail fails with (the test fails if it succeeds)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded")
+
+
 def bearer(credential: str) -> tuple[tuple[str, str], ...]:
     """gRPC metadata carrying a caller credential."""
     return (("authorization", f"Bearer {credential}"),)

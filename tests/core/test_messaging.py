@@ -30,6 +30,7 @@ from tests.support import (
     error_info,
     make_settings,
     new_app_id,
+    refused,
     retry_delay,
     running_simulator,
     running_stack,
@@ -146,10 +147,7 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
         yield e
 
 
-async def failure(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
+failure = refused  # the name these tests (and test_tokens, the races) use
 
 
 async def test_template_send_and_its_result_event(env: Env) -> None:

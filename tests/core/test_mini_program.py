@@ -23,6 +23,7 @@ from tests.support import (
     error_info,
     make_settings,
     new_app_id,
+    refused,
     simulated_stack,
 )
 from wxplatform.clock import ManualClock
@@ -80,12 +81,6 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
             spb_grpc.SessionServiceStub(running.channel),
             redis_client,
         )
-
-
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def test_a_login_makes_a_platform_session_and_keeps_the_session_key(env: Env) -> None:

@@ -22,6 +22,7 @@ from tests.support import (
     error_info,
     make_settings,
     new_app_id,
+    refused,
     running_stack,
 )
 from wxplatform.clock import ManualClock
@@ -75,12 +76,6 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
             )
             replicas.append(pb_grpc.SessionServiceStub(running.channel))
         yield Env(settings, clock, app, other, replicas, redis_client)
-
-
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 def seconds(stamp: Any) -> float:

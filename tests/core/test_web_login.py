@@ -27,6 +27,7 @@ from tests.support import (
     error_info,
     make_settings,
     new_app_id,
+    refused,
     simulated_stack,
 )
 from wxplatform.clock import ManualClock
@@ -128,12 +129,6 @@ async def env(redis_client: redis.Redis) -> AsyncIterator[Env]:
             spb_grpc.SessionServiceStub(running.channel),
             redis_client,
         )
-
-
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def test_the_authorize_url_is_the_one_wechat_expects(env: Env) -> None:
